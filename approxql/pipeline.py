@@ -1,0 +1,123 @@
+"""A pipeline: feature queries on an engine, then an ONNX model."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .engines import DuckDBEngine, Engine
+from .errors import ApproxQLError, ModelError, NullFeatureError, RequestError
+from .model import OnnxModel
+from .params import bind_request
+from .pipeline_file import PipelineSpec, read_pipeline_file
+from .prediction import Prediction
+
+
+def load_pipeline(path: str | Path, con: duckdb.DuckDBPyConnection | None = None, *,
+                  engine: Engine | None = None) -> "Pipeline":
+    """Read a pipeline file, load its model and check its tables on ``con`` (or ``engine``)."""
+    if (con is None) == (engine is None):
+        raise TypeError("load_pipeline needs exactly one of con= (a DuckDB connection) or engine=")
+    spec = read_pipeline_file(path)
+    return Pipeline(spec, engine or DuckDBEngine(con))
+
+
+class Pipeline:
+    """A loaded pipeline. Safe to call from several threads: each call uses its own cursor."""
+
+    def __init__(self, spec: PipelineSpec, engine: Engine):
+        self.spec, self.engine = spec, engine
+        try:
+            self.model = OnnxModel(spec.model_path, spec.inputs, spec.task)
+        except ModelError as e:
+            raise ModelError(f"{spec.path}: {e}") from None
+        engine.check_tables(spec.queries)
+        self._exact = engine.compile_exact(spec.queries)
+        self._exact_batch = None
+
+    name = property(lambda self: self.spec.name)
+    params = property(lambda self: self.spec.params)
+    inputs = property(lambda self: self.spec.inputs)
+    task = property(lambda self: self.spec.task)
+
+    def __repr__(self) -> str:
+        return (f"Pipeline({self.name!r}, task={self.task!r}, {len(self.spec.queries)} queries, "
+                f"inputs={list(self.inputs)}, engine={self.engine.name})")
+
+    # -- exact ---------------------------------------------------------------------------
+    def predict_exact(self, request: Mapping[str, Any]) -> Prediction:
+        """Predict from exactly computed features: the reference the approximate path is judged by."""
+        t0 = time.perf_counter()
+        bound = bind_request(list(self.params), request)
+        raw = self.engine.exact_features(self._exact, bound)
+        t1 = time.perf_counter()
+        features = self._model_features(raw)
+        x = np.array([[features[name] for name in self.inputs]], dtype=np.float64)
+        out = self.model.run(x)
+        t2 = time.perf_counter()
+        rates = {q.name: 1.0 for q in self.spec.aggregate_queries}
+        return Prediction(value=_scalar(out.values[0]), probability=1.0, exact=True, features=features,
+                          rates=rates, rounds=1, latency_ms=(t2 - t0) * 1e3, met_bound=True,
+                          stages_ms={"queries": (t1 - t0) * 1e3, "model": (t2 - t1) * 1e3})
+
+    def exact_features_many(self, requests: Sequence[Mapping[str, Any]] | pa.Table) -> pa.Table:
+        """Exact feature values for many requests in one statement (fills applied), in request order."""
+        if self._exact_batch is None:
+            self._exact_batch = self.engine.compile_exact(self.spec.queries, batch=True)
+        return exact_feature_table(self.spec, self.engine, requests, self._exact_batch)
+
+    # -- helpers --------------------------------------------------------------------------
+    def _model_features(self, raw: Mapping[str, Any]) -> dict[str, float]:
+        """Apply fill values and check every model input is a number."""
+        features: dict[str, float] = {}
+        for name in self.inputs:
+            value = raw[name]
+            if value is None:
+                if name not in self.spec.fill:
+                    q = self.spec.query_of(name)
+                    raise NullFeatureError(
+                        f"feature {name!r} (query {q.name}, line {q.line}) is NULL for this request, e.g. no "
+                        f"matching rows; declare a value with '-- fill: {name}=...' in {self.spec.path.name}")
+                value = self.spec.fill[name]
+            try:
+                features[name] = float(value)
+            except (TypeError, ValueError):
+                raise ApproxQLError(f"feature {name!r} is {value!r} ({type(value).__name__}); "
+                                    f"model inputs must be numbers") from None
+        return features
+
+
+
+def exact_feature_table(spec: PipelineSpec, engine: Engine, requests, compiled=None) -> pa.Table:
+    """Exact features of many requests with fill values applied; needs no model, so training
+    scripts use it to build their feature matrix the same way predictions do."""
+    table = requests_table(spec, requests)
+    compiled = compiled or engine.compile_exact(spec.queries, batch=True)
+    out = engine.exact_features_many(compiled, table)
+    for name, value in spec.fill.items():
+        i = out.column_names.index(name)
+        out = out.set_column(i, name, pc.fill_null(out.column(name).cast(pa.float64()), value))
+    return out
+
+
+def requests_table(spec: PipelineSpec, requests) -> pa.Table:
+    """Validate requests (a list of dicts or an Arrow table) into an Arrow table of bound values."""
+    if isinstance(requests, pa.RecordBatch):
+        requests = pa.Table.from_batches([requests])
+    rows = requests.to_pylist() if isinstance(requests, pa.Table) else list(requests)
+    bound = []
+    for i, r in enumerate(rows):
+        try:
+            bound.append(bind_request(list(spec.params), r))
+        except RequestError as e:
+            raise RequestError(f"request {i}: {e}") from None
+    return pa.Table.from_pylist(bound, schema=pa.schema([(p.name, p.arrow_type) for p in spec.params]))
+
+
+def _scalar(v):
+    return v.item() if isinstance(v, np.generic) else v
