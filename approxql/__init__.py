@@ -8,10 +8,11 @@ from .errors import (ApproxQLError, ModelError, NullFeatureError, OptionError, P
 from .pipeline import Pipeline, load_pipeline
 from .pipeline_file import PipelineSpec, read_pipeline_file
 from .prediction import Prediction
+from .sampling import prepare
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ApproxQLError", "ModelError", "NullFeatureError", "OptionError", "PipelineError", "QueryError",
-    "RequestError", "Pipeline", "PipelineSpec", "Prediction", "load_pipeline", "read_pipeline_file",
+    "RequestError", "Pipeline", "PipelineSpec", "Prediction", "load_pipeline", "prepare", "read_pipeline_file",
 ]

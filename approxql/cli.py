@@ -24,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--json", dest="request_json", help="the request as a JSON object instead of name=value")
     predict.add_argument("--explain", action="store_true", help="print how the prediction was made")
 
+    prep = sub.add_parser("prepare", help="write a sample-ordered copy of a table for nested sampling")
+    prep.add_argument("table", help="table to prepare (it is never modified)")
+    prep.add_argument("--db", required=True, help="DuckDB database file")
+    prep.add_argument("--by", required=True, help="comma-separated entity columns the feature queries filter on")
+    prep.add_argument("--seed", type=int, default=0, help="seed of the random sample key (default: %(default)s)")
+
     check = sub.add_parser("check", help="validate a pipeline file (and its model and tables with --db)")
     check.add_argument("pipeline", help="pipeline .sql file")
     check.add_argument("--db", help="DuckDB database file to check the tables against")
@@ -66,6 +72,22 @@ def _predict(args) -> int:
     return 0
 
 
+def _prepare(args) -> int:
+    import time
+
+    import duckdb
+
+    from .sampling import prepare
+    by = [c.strip() for c in args.by.split(",") if c.strip()]
+    print(f"preparing {args.table} (sorted by {', '.join(by)}, then a random key) ...", flush=True)
+    t0 = time.perf_counter()
+    with duckdb.connect(args.db) as con:
+        prepared = prepare(con, args.table, by, seed=args.seed)
+    print(f"wrote {prepared.copy}: {prepared.source_rows:,} rows in {time.perf_counter() - t0:.1f} s; "
+          f"pipelines reading {args.table} now sample it")
+    return 0
+
+
 def _check(args) -> int:
     from .pipeline_file import read_pipeline_file
     spec = read_pipeline_file(args.pipeline)
@@ -75,7 +97,7 @@ def _check(args) -> int:
         from .pipeline import Pipeline
         from .engines import DuckDBEngine
         with duckdb.connect(args.db, read_only=True) as con:
-            Pipeline(spec, DuckDBEngine(con))
+            print(Pipeline(spec, DuckDBEngine(con)).explain_sampling())
     print(f"{spec.path}: pipeline {spec.name!r} ok: {spec.task}, {len(spec.params)} params, "
           f"{len(spec.queries)} statements ({len(spec.aggregate_queries)} aggregate), {len(spec.inputs)} inputs")
     return 0
@@ -102,7 +124,7 @@ def _parse_request(args) -> dict:
     return request
 
 
-_COMMANDS = {"demo": _demo, "predict": _predict, "check": _check}
+_COMMANDS = {"demo": _demo, "predict": _predict, "check": _check, "prepare": _prepare}
 
 if __name__ == "__main__":
     sys.exit(main())

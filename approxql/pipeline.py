@@ -1,6 +1,7 @@
 """A pipeline: feature queries on an engine, then an ONNX model."""
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -39,6 +40,8 @@ class Pipeline:
         engine.check_tables(spec.queries)
         self._exact = engine.compile_exact(spec.queries)
         self._exact_batch = None
+        self._sampling = None
+        self._sampling_lock = threading.Lock()
 
     name = property(lambda self: self.spec.name)
     params = property(lambda self: self.spec.params)
@@ -70,6 +73,26 @@ class Pipeline:
         if self._exact_batch is None:
             self._exact_batch = self.engine.compile_exact(self.spec.queries, batch=True)
         return exact_feature_table(self.spec, self.engine, requests, self._exact_batch)
+
+    # -- sampling ---------------------------------------------------------------------------
+    def sampling_plans(self, *, strategy: str = "auto") -> dict[str, "CompiledQuery"]:
+        """How each aggregate query is sampled (built once: it reads each table's tail statistics)."""
+        from .sampling import compile_query
+        with self._sampling_lock:
+            if self._sampling is None or self._sampling[0] != strategy:
+                con = getattr(self.engine, "con", None)
+                plans = {q.name: compile_query(self.engine, con, q, strategy=strategy)
+                         for q in self.spec.aggregate_queries}
+                self._sampling = (strategy, plans)
+            return self._sampling[1]
+
+    def explain_sampling(self) -> str:
+        """Which feature queries are sampled and how, and which features are computed exactly and why."""
+        lines = [f"pipeline {self.name}:"]
+        lines += ["  " + c.describe() for c in self.sampling_plans().values()]
+        others = [q for q in self.spec.queries if q not in self.spec.aggregate_queries]
+        lines += [f"  {q.name} (line {q.line}): {q.kind.value} query, exact and cheap" for q in others]
+        return "\n".join(lines)
 
     # -- helpers --------------------------------------------------------------------------
     def _model_features(self, raw: Mapping[str, Any]) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """Tests for approxql.estimators: moment merging, HT totals, delta-method coverage, quantiles."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from approxql.estimators import (
     quantile_estimate,
     quantile_interval,
     sample_quantile,
+    woodruff_quantile,
 )
 
 Z95 = 1.959964
@@ -332,3 +334,135 @@ def test_mismatched_shapes():
         quantile_interval(np.array([2.0, 1.0]), 0.5)
     with pytest.raises(ValueError, match="confidence level"):
         Estimate(1.0, 0.1, False, 10).interval(95)
+
+
+# ---------------------------------------------------------------- Woodruff (cluster-sampled quantiles)
+
+N_CLUSTERS, CLUSTER_SIZE = 3000, 40
+
+
+@pytest.fixture(scope="module")
+def clustered_pop():
+    """3000 clusters of 40 rows, value = cluster effect N(0, 1) + lognormal(0, 0.5) noise (rows sorted by cluster)."""
+    rng = np.random.default_rng(104)
+    effect = np.repeat(rng.normal(0.0, 1.0, N_CLUSTERS), CLUSTER_SIZE)
+    x = effect + rng.lognormal(0.0, 0.5, N_CLUSTERS * CLUSTER_SIZE)
+    return x, np.repeat(np.arange(N_CLUSTERS), CLUSTER_SIZE)
+
+
+@pytest.mark.parametrize("q, seed", [(0.5, 17), (0.9, 18)])
+def test_woodruff_coverage_cluster_sampling(clustered_pop, q, seed):
+    """Bernoulli(0.05) over clusters: Woodruff covers; the row-level order-statistic interval does not."""
+    x, cid = clustered_pop
+    truth = np.quantile(x, q, method="linear")
+    rng = np.random.default_rng(seed)
+    hits_w = hits_rows = 0
+    for _ in range(REPS):
+        keep = np.repeat(rng.random(N_CLUSTERS) < 0.05, CLUSTER_SIZE)
+        est = woodruff_quantile(x[keep], cid[keep], q, p=0.05)
+        ci = est.interval()
+        assert ci.low <= est.value <= ci.high and math.isfinite(ci.low) and math.isfinite(ci.high)
+        assert est.stderr == pytest.approx((ci.high - ci.low) / (2 * Z95), rel=1e-6)
+        assert est.clusters == np.unique(cid[keep]).size and est.support == keep.sum()
+        hits_w += ci.low <= truth <= ci.high
+        rows = quantile_interval(np.sort(x[keep]), q)
+        hits_rows += rows.low <= truth <= rows.high
+    rate_w, rate_rows = hits_w / REPS, hits_rows / REPS
+    print(f"coverage woodruff q={q}: {rate_w:.3f}, row-level order statistics: {rate_rows:.3f}")
+    assert 0.92 <= rate_w <= 0.98, rate_w
+    assert rate_rows < 0.85, rate_rows
+
+
+@pytest.mark.parametrize("q, seed", [(0.5, 19), (0.9, 20)])
+def test_woodruff_coverage_singleton_clusters(q, seed):
+    """Every row its own cluster (Bernoulli over rows) on heavy-tailed data."""
+    x = np.random.default_rng(105).lognormal(0.0, 1.5, N_POP)
+    ids = np.arange(N_POP)
+    truth = np.quantile(x, q, method="linear")
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(REPS):
+        keep = rng.random(N_POP) < 0.05
+        ci = woodruff_quantile(x[keep], ids[keep], q, p=0.05).interval()
+        hits += ci.low <= truth <= ci.high
+    rate = hits / REPS
+    print(f"coverage woodruff singleton clusters q={q}: {rate:.3f}")
+    assert 0.92 <= rate <= 0.98, rate
+
+
+def test_woodruff_singleton_clusters_reduce_to_binomial_variance():
+    """With one row per cluster, Var(F) = (1 - p) R (1 - R) / n exactly (the p factors are right)."""
+    rng = np.random.default_rng(106)
+    v = rng.normal(size=500)
+    p, q = 0.3, 0.37
+    est = woodruff_quantile(v, np.arange(500) + 7, q, p=p)
+    s = np.sort(v)
+    r = np.mean(s <= est.value)
+    half = Z95 * math.sqrt((1 - p) * r * (1 - r) / 500)
+    assert est.value == sample_quantile(s, q)
+    assert est.ci.low == pytest.approx(sample_quantile(s, q - half), rel=1e-5)
+    assert est.ci.high == pytest.approx(sample_quantile(s, q + half), rel=1e-5)
+    # Two identical rows per cluster carry the information of one: F's half-width is that of
+    # 500 independent rows, sqrt(2) wider than 1000 independent rows would give.
+    v2 = np.sort(np.repeat(v, 2))
+    est2 = woodruff_quantile(v2, np.repeat(np.arange(500), 2), q, p=p)
+    r2 = np.mean(v2 <= est2.value)
+    half2 = Z95 * math.sqrt((1 - p) * r2 * (1 - r2) / 500)
+    assert est2.ci.low == pytest.approx(sample_quantile(v2, q - half2), rel=1e-5)
+    assert est2.ci.high == pytest.approx(sample_quantile(v2, q + half2), rel=1e-5)
+    assert est2.clusters == 500 and est2.support == 1000
+
+
+@pytest.mark.parametrize("method", ["cont", "disc"])
+def test_woodruff_full_sample_is_exact(clustered_pop, method):
+    x, cid = clustered_pop
+    x = x.copy()
+    x[::97] = np.nan  # NULLs are dropped
+    clean = x[~np.isnan(x)]
+    for q in (0.0, 0.28, 0.5, 0.9, 1.0):
+        est = woodruff_quantile(x, cid, q, p=1.0, method=method)
+        expected = np.quantile(clean, q, method="linear" if method == "cont" else "inverted_cdf")
+        assert est.exact and est.stderr == 0.0
+        assert est.value == pytest.approx(expected, rel=1e-12, abs=1e-12)
+        assert est.interval() == ConfidenceInterval(est.value, est.value)
+        assert est.support == clean.size and est.clusters == N_CLUSTERS
+
+
+def test_woodruff_no_fake_bounds():
+    rng = np.random.default_rng(107)
+    v = rng.normal(size=200)
+    cid = np.arange(200) // 20
+    # The sample extremes cannot bound the population's.
+    top = woodruff_quantile(v, cid, 1.0, p=0.1)
+    assert top.ci.low == v.max() and top.ci.high == math.inf and top.stderr == math.inf
+    bottom = woodruff_quantile(v, cid, 0.0, p=0.1)
+    assert bottom.ci.low == -math.inf and bottom.ci.high >= bottom.value == v.min()
+    # One cluster: no variance estimate, no interval.
+    one = woodruff_quantile(v[:20], np.zeros(20, dtype=int), 0.5, p=0.1)
+    assert one.ci == ConfidenceInterval(-math.inf, math.inf) and one.clusters == 1
+    # Nothing sampled / only NULLs.
+    empty = woodruff_quantile(np.array([np.nan, np.nan]), np.array([1, 2]), 0.5, p=0.1)
+    assert math.isnan(empty.value) and math.isnan(empty.stderr) and empty.support == 0
+    # Clusters holding only NULLs do not count.
+    est = woodruff_quantile(np.r_[v, np.nan], np.r_[cid, 99], 0.5, p=0.1)
+    assert est.clusters == 10 and est.support == 200
+
+
+def test_woodruff_bad_input():
+    v, c = np.ones(3), np.array([1, 1, 2])
+    with pytest.raises(ValueError, match=r"one id per value \(3 values\), got shape \(2,\)"):
+        woodruff_quantile(v, c[:2], 0.5, p=0.5)
+    for p in (0, 1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match=r"sampling rate p must be in \(0, 1\], got " + re.escape(repr(p))):
+            woodruff_quantile(v, c, 0.5, p=p)
+    for q in (1.5, -0.1):
+        with pytest.raises(ValueError, match=r"quantile q must be in \[0, 1\], got " + re.escape(repr(q))):
+            woodruff_quantile(v, c, q, p=0.5)
+    with pytest.raises(ValueError, match="integer cluster ids, got 1.5"):
+        woodruff_quantile(v, np.array([1.0, 1.5, 2.0]), 0.5, p=0.5)
+    with pytest.raises(ValueError, match="integer cluster ids, got dtype <U1"):
+        woodruff_quantile(v, np.array(["a", "b", "c"]), 0.5, p=0.5)
+    with pytest.raises(ValueError, match="method must be one of"):
+        woodruff_quantile(v, c, 0.5, p=0.5, method="linear")
+    with pytest.raises(ValueError, match="confidence level must be in \\(0, 1\\), got 95"):
+        woodruff_quantile(v, c, 0.5, p=0.5, level=95)

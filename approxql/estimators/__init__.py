@@ -7,6 +7,7 @@ from .quantiles import (
     quantile_estimate,
     quantile_interval,
     sample_quantile,
+    woodruff_quantile,
 )
 from .totals import (
     ConfidenceInterval,
@@ -33,5 +34,6 @@ __all__ = [
     "quantile_estimate",
     "quantile_interval",
     "sample_quantile",
+    "woodruff_quantile",
     "z_value",
 ]

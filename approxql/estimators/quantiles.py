@@ -4,6 +4,8 @@ Quantiles are not smooth functions of totals, so the delta method does not
 apply; the order-statistic (binomial) interval needs no distributional
 assumption.  It assumes rows are sampled individually: under block (SYSTEM)
 sampling the rows of a block are correlated and the interval is too narrow.
+For block sampling use woodruff_quantile, which inverts a cluster-aware
+confidence interval for the CDF (Woodruff 1952).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class QuantileEstimate(Estimate):
 
     ci: ConfidenceInterval | None = None  # finite-population-scaled order-statistic interval
     ci_level: float = 0.95
+    clusters: int | None = None  # sampled clusters behind the estimate (woodruff_quantile); None if rows
 
     def interval(self, level: float = 0.95) -> ConfidenceInterval:
         """The order-statistic interval at ci_level; the normal approximation at any other level."""
@@ -138,3 +141,91 @@ def quantile_estimate(
     high = max(value, value + s * (raw.high - value))
     se = s * (raw.high - raw.low) / (2.0 * z)
     return QuantileEstimate(value, se, False, n, ConfidenceInterval(low, high), level)
+
+
+def _cluster_index(clusters, n: int) -> np.ndarray:
+    """Validate per-value cluster ids and return them as dense 0-based codes."""
+    c = np.asarray(clusters)
+    if c.ndim != 1 or c.shape[0] != n:
+        raise ValueError(
+            f"clusters must be a vector with one id per value ({n} values), got shape {c.shape}"
+        )
+    if c.dtype.kind not in "iuf":  # bools, strings, objects
+        raise ValueError(f"clusters must hold integer cluster ids, got dtype {c.dtype}")
+    if c.dtype.kind == "f":
+        bad = ~np.isfinite(c) | (c != np.round(c))
+        if bad.any():
+            raise ValueError(f"clusters must hold integer cluster ids, got {float(c[bad][0])!r}")
+    return np.unique(c, return_inverse=True)[1].reshape(-1)
+
+
+def woodruff_quantile(
+    values: np.ndarray,
+    clusters: np.ndarray,
+    q: float,
+    *,
+    p: float,
+    method: str = "cont",
+    level: float = 0.95,
+) -> QuantileEstimate:
+    """Sample quantile of a cluster (block) sample with Woodruff's interval.
+
+    For Bernoulli(p) sampling of whole clusters (DuckDB TABLESAMPLE SYSTEM keeps
+    each 2048-row block with probability p), where rows of one cluster are
+    correlated.  values: the sampled matching rows' values (NaN = NULL, dropped
+    together with their cluster id); clusters: an integer cluster id per value.
+
+    The CDF at the point estimate xi is the ratio of Horvitz-Thompson totals
+    F(xi) = sum_c a_c / sum_c b_c with a_c = #{x <= xi in c}, b_c = #{non-null x in c}
+    (p cancels).  Linearized: R_hat - R ~ sum_c (a_c - R b_c) / (p B), and the HT
+    variance estimator (1-p)/p^2 sum_c d_c^2 over the sampled clusters with
+    B ~ sum_c b_c / p gives Var(F) ~ (1-p) * sum_c (a_c - R b_c)^2 / (sum_c b_c)^2,
+    0 at p == 1.  Clusters sampled without matching rows have a_c = b_c = 0 and do
+    not contribute, so only the clusters present in `clusters` are needed.
+
+    Interval: [Q(q - z se), Q(q + z se)] with Q the sample quantile (same method
+    as the estimate).  A probability at or below 0 gives low = -inf and one at or
+    above 1 gives high = +inf: the sample extremes do not bound the population's.
+    Fewer than two sampled clusters (at p < 1) give (-inf, +inf), as the variance
+    cannot be estimated from one cluster.  stderr is normal-equivalent,
+    (high - low) / (2 z) (inf if a bound is infinite).  Exact at p == 1.
+    support is the number of non-null values; clusters the number of clusters
+    with at least one non-null value.
+    """
+    p = check_p(p)
+    q = _check_q(q)
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    z = z_value(level)
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1:
+        raise ValueError(f"values must be one-dimensional, got shape {v.shape}")
+    codes = _cluster_index(clusters, v.shape[0])
+    keep = ~np.isnan(v)
+    v, codes = v[keep], codes[keep]
+    order = np.argsort(v, kind="stable")
+    v, codes = v[order], codes[order]
+    n = v.shape[0]
+    value = sample_quantile(v, q, method)
+    if n == 0:
+        se = 0.0 if p == 1.0 else math.nan
+        return QuantileEstimate(value, se, p == 1.0, 0, ConfidenceInterval(math.nan, math.nan), level, 0)
+    codes = np.unique(codes, return_inverse=True)[1].reshape(-1)  # drop clusters with only NULLs
+    k = int(codes.max()) + 1
+    if p == 1.0:
+        return QuantileEstimate(value, 0.0, True, n, ConfidenceInterval(value, value), level, k)
+    if k < 2:
+        return QuantileEstimate(value, math.inf, False, n, ConfidenceInterval(-math.inf, math.inf), level, k)
+    below = v <= value
+    a = np.bincount(codes, weights=below, minlength=k)
+    b = np.bincount(codes, minlength=k).astype(np.float64)
+    r = a.sum() / n
+    var = (1.0 - p) * float(np.sum((a - r * b) ** 2)) / (float(n) * n)
+    half = z * math.sqrt(var)
+    q_lo, q_hi = q - half, q + half
+    low = sample_quantile(v, q_lo, method) if q_lo > 0.0 else -math.inf
+    high = sample_quantile(v, q_hi, method) if q_hi < 1.0 else math.inf
+    # Q is monotone, but keep the estimate inside its interval against rounding.
+    low, high = min(low, value), max(high, value)
+    se = (high - low) / (2.0 * z) if math.isfinite(low) and math.isfinite(high) else math.inf
+    return QuantileEstimate(value, se, False, n, ConfidenceInterval(low, high), level, k)

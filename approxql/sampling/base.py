@@ -1,0 +1,52 @@
+"""The sampling-strategy interface: how one aggregate query reads a fraction of its matching rows."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from .layout import MomentLayout
+from .terms import AggregatePlan, Term
+
+
+@dataclass(frozen=True)
+class SampleSQL:
+    """One statement returning the moment sums of a sample increment (and its quantile values)."""
+
+    sql: str
+    extra_params: dict          # bound beside the request's parameters
+    clustered: bool             # rows of the result describe blocks, not rows
+
+
+class SampleSource(ABC):
+    """A way to draw a uniform sample of a query's matching rows at fraction p.
+
+    ``nested`` sources (a prepared sample order) let fraction p2 > p1 read only the increment
+    [p1, p2); others draw a fresh sample at every fraction.
+    """
+
+    name: str
+    nested: bool
+
+    @abstractmethod
+    def increment_sql(self, plan: AggregatePlan, layout: MomentLayout, lo: float, hi: float,
+                      value_terms: list[int], value_cap: int, *, check_source: bool) -> SampleSQL:
+        """SQL for the rows with sample key in [lo, hi) (nested) or a fresh sample at ``hi``."""
+
+    def next_fraction(self, current: float, wanted: float) -> float:
+        """The fraction to move to when ``wanted`` is asked for (non-nested sources grow geometrically)."""
+        return min(1.0, max(wanted, current))
+
+    def describe(self) -> str:
+        return self.name
+
+
+def quote(name: str) -> str:
+    """Quote an identifier (table or column) for DuckDB."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def value_condition(term: Term) -> str:
+    parts = [f"({term.arg.sql('duckdb')}) IS NOT NULL"]
+    if term.filter is not None:
+        parts.append(f"({term.filter.sql('duckdb')})")
+    return " AND ".join(parts)

@@ -1,0 +1,100 @@
+"""Prepared sample orders: sample-ordered copies of tables, registered in a catalog table.
+
+``prepare`` copies a table, gives every row a stored uniform key ``__approxql_rnd`` and sorts the
+copy by the entity columns and then the key, so that "fraction p of a request's matching rows" is
+the range predicate ``key < p`` and a larger fraction reads only the next range. The source is
+never modified. Copy and catalog entry are written in one transaction: an interrupted prepare
+leaves the previous state (or nothing), never a half-written copy that pipelines would use.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+from dataclasses import dataclass
+from typing import Sequence
+
+import duckdb
+
+from ..errors import OptionError
+from .base import quote
+
+CATALOG = "approxql_catalog"
+KEY = "__approxql_rnd"
+
+
+@dataclass(frozen=True)
+class PreparedTable:
+    source: str
+    copy: str
+    by: tuple[str, ...]
+    seed: int
+    source_rows: int
+    prepared_at: dt.datetime
+
+
+def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, seed: int = 0) -> PreparedTable:
+    """Write (or rewrite) the sample-ordered copy of ``table`` sorted by ``by`` then the key."""
+    if isinstance(by, str):
+        by = [by]
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**31:
+        raise OptionError(f"seed must be an integer in [0, 2^31), got {seed!r}")
+    with con.cursor() as cur:
+        columns = _columns(cur, table)
+        for col in by:
+            if col not in columns:
+                hint = difflib.get_close_matches(col, columns, n=1)
+                raise OptionError(f"prepare: table {table!r} has no column {col!r}"
+                                  + (f" (did you mean {hint[0]!r}?)" if hint else "") + f"; columns: {', '.join(columns)}")
+        if KEY in columns:
+            raise OptionError(f"prepare: {table!r} already has a {KEY} column; prepare the source table, not a copy")
+        copy = f"{table}__approxql_sample"
+        building = f"{copy}__building"
+        order = ", ".join([quote(c) for c in by] + [KEY])
+        key = f"((hash(rowid, {seed}) >> 11) * (1.0 / 9007199254740992))"
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            _ensure_catalog(cur)
+            cur.execute(f"DROP TABLE IF EXISTS {quote(building)}")
+            cur.execute(f"CREATE TABLE {quote(building)} AS SELECT *, {key} AS {KEY} FROM {quote(table)} ORDER BY {order}")
+            rows = cur.execute(f"SELECT count(*) FROM {quote(building)}").fetchall()[0][0]
+            cur.execute(f"DROP TABLE IF EXISTS {quote(copy)}")
+            cur.execute(f"ALTER TABLE {quote(building)} RENAME TO {quote(copy)}")
+            cur.execute(f"DELETE FROM {CATALOG} WHERE source = ?", [table])
+            now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+            cur.execute(f"INSERT INTO {CATALOG} VALUES (?, ?, ?, ?, ?, ?)", [table, copy, list(by), seed, rows, now])
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+    return PreparedTable(table, copy, tuple(by), seed, rows, now)
+
+
+def lookup(cur: duckdb.DuckDBPyConnection, table: str) -> PreparedTable | None:
+    """The catalog entry for ``table``, if it was prepared (and its copy exists)."""
+    if not cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [CATALOG]).fetchall()[0][0]:
+        return None
+    rows = cur.execute(f"SELECT source, copy_table, by_columns, seed, source_rows, prepared_at FROM {CATALOG} "
+                       f"WHERE lower(source) = lower(?)", [table]).fetchall()
+    if not rows:
+        return None
+    source, copy, by, seed, n, at = rows[0]
+    if not cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [copy]).fetchall()[0][0]:
+        return None
+    return PreparedTable(source, copy, tuple(by), seed, n, at)
+
+
+def _ensure_catalog(cur) -> None:
+    cur.execute(f"""CREATE TABLE IF NOT EXISTS {CATALOG} (
+        source VARCHAR PRIMARY KEY, copy_table VARCHAR NOT NULL, by_columns VARCHAR[] NOT NULL, seed INTEGER NOT NULL,
+        source_rows BIGINT NOT NULL, prepared_at TIMESTAMP NOT NULL)""")
+
+
+def _columns(cur, table: str) -> list[str]:
+    if not isinstance(table, str) or not table:
+        raise OptionError(f"prepare: table must be a table name, got {table!r}")
+    known = [r[0] for r in cur.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+    if table not in known:
+        hint = difflib.get_close_matches(table, known, n=1)
+        raise OptionError(f"prepare: no table {table!r} in this database" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    return [r[0] for r in cur.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = ? ORDER BY column_index",
+                                      [table]).fetchall()]

@@ -1,0 +1,299 @@
+"""Sampling one aggregate feature query for one request: run increments, merge, estimate.
+
+A ``CompiledQuery`` is built once per pipeline and query (analysis, contribution columns,
+strategy, SQL); a ``QuerySampler`` holds one request's state: the fraction reached, the merged
+moments and the quantile values, and turns them into estimates with standard errors and the
+covariance of the query's features.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+import duckdb
+import numpy as np
+from sqlglot import exp
+
+from ..engines.base import Compiled, Engine
+from ..errors import OptionError, QueryError
+from ..estimators import Moments, feature_covariance, quantile_estimate, woodruff_quantile
+from ..plan import FeatureQuery
+from .base import SampleSource, quote
+from .catalog import lookup
+from .layout import MomentLayout
+from .exact import ExactSource
+from .prepared import PreparedSource
+from .support import MIN_SUPPORT, tail_support
+from .system import SystemSource
+from .terms import AggregatePlan, analyze
+
+MIN_CLUSTERS = 50      # sampled blocks below which a block-sampled interval is not trusted
+VALUE_CAP = 20_000     # quantile values kept per term (a nested sub-sample beyond that)
+CENTER_ROWS = 10_000   # rows read once to center each aggregated expression
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """Estimates of one query's features at one fraction."""
+
+    query: str
+    strategy: str
+    fraction: float
+    exact: bool                               # every feature computed exactly
+    values: dict[str, float | None]           # feature -> estimate (None: NULL)
+    stderr: dict[str, float]                  # 0.0 for features computed exactly
+    cov: np.ndarray                           # covariance over the order of ``values``
+    support: int                              # fewest sampled matching rows behind any term
+    trusted: bool                             # support (and blocks) large enough for the intervals
+    needed_fraction: float = 0.0              # estimated fraction at which every interval is trusted
+    reasons: dict[str, str] = field(default_factory=dict)  # feature -> why it is computed exactly
+
+
+@dataclass(frozen=True)
+class CompiledQuery:
+    """Everything about sampling one aggregate query that does not depend on the request."""
+
+    query: FeatureQuery
+    plan: AggregatePlan
+    layout: MomentLayout | None
+    source: SampleSource | None
+    exact: Compiled                     # the whole query, exactly
+    exact_only: Compiled | None         # just the features that are always exact
+    note: str | None = None             # why this query is not sampled, or fell back
+    min_support: dict[int, int] = field(default_factory=dict)  # term -> sampled rows its interval needs
+    sample_params: tuple[str, ...] = ()  # request parameters the sampling SQL reads
+
+    @property
+    def sampled(self) -> bool:
+        return self.source is not None and not isinstance(self.source, ExactSource)
+
+    def describe(self) -> str:
+        """One line per query for explanations: strategy, and what is exact and why."""
+        head = f"{self.query.name} (line {self.query.line}): "
+        if not self.sampled:
+            return head + f"computed exactly ({self.note})"
+        text = head + f"sampled with {self.source.describe()}"
+        for feature, why in self.plan.exact_reasons().items():
+            text += f"; {feature} computed exactly: {why}"
+        return text
+
+
+STRATEGIES = ("auto", "prepared", "system", "exact")
+
+
+def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: FeatureQuery, *,
+                  strategy: str = "auto", seed: int = 0) -> CompiledQuery:
+    """Analyse ``query`` and choose its strategy; ``auto`` takes the prepared copy when there is
+    one and TABLESAMPLE SYSTEM otherwise."""
+    if strategy not in STRATEGIES:
+        raise OptionError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    plan = analyze(query)
+    exact = engine.compile_exact([query])
+    if strategy == "exact":
+        return CompiledQuery(query, plan, None, ExactSource(), exact, None, note="strategy 'exact' was asked for")
+    if not plan.approximable:
+        reasons = plan.exact_reasons()
+        return CompiledQuery(query, plan, None, None, exact, None, note="; ".join(sorted(set(reasons.values()))))
+    with con.cursor() as cur:
+        prepared = lookup(cur, plan.table) if strategy in ("auto", "prepared") else None
+        if strategy == "prepared" and prepared is None:
+            raise OptionError(f"strategy 'prepared' needs a prepared copy of {plan.table!r}: "
+                              f"run approxql.prepare(con, {plan.table!r}, by=[...]) first")
+        source: SampleSource = PreparedSource(prepared) if prepared else SystemSource(plan.table, seed)
+        table = prepared.copy if prepared else plan.table
+        centers = _centers(cur, plan, table)
+        min_support = tail_support(cur, plan, table, centers)
+    layout = MomentLayout.build(plan, centers)
+    exact_only = None
+    if any(not f.approximable for f in plan.features):
+        sub = query.select.copy()
+        keep = {f.name for f in plan.features if not f.approximable}
+        sub.set("expressions", [e for e, name in zip(sub.expressions, query.features) if name in keep])
+        exact_only = engine.compile_exact([_with_select(query, sub, tuple(n for n in query.features if n in keep))])
+    sample_params = _params_in([plan.where, *[t.arg for t in plan.terms], *[t.filter for t in plan.terms]],
+                               query.params)
+    return CompiledQuery(query, plan, layout, source, exact, exact_only, min_support=min_support,
+                         sample_params=sample_params)
+
+
+class QuerySampler:
+    """One request's sample of one query. ``advance(p)`` reads up to fraction p."""
+
+    def __init__(self, compiled: CompiledQuery, engine: Engine, params: Mapping[str, Any]):
+        self.c, self.engine = compiled, engine
+        self.params = {k: params[k] for k in compiled.query.params}
+        self.fraction = 0.0
+        self.moments: Moments | None = None
+        self.values: dict[int, list[np.ndarray]] = {}
+        self.clusters: dict[int, list[np.ndarray]] = {}
+        self.value_fraction: dict[int, float] = {}
+        self.exact_values: dict[str, Any] = {}
+        self.note = compiled.note
+        self._value_terms = [t for t, term in enumerate(compiled.plan.terms) if term.is_quantile]
+
+    @property
+    def done(self) -> bool:
+        return self.fraction >= 1.0
+
+    def next_fraction(self, wanted: float) -> float:
+        if not self.c.sampled:
+            return 1.0
+        return self.c.source.next_fraction(self.fraction, wanted)
+
+    def advance(self, cur: duckdb.DuckDBPyConnection, p: float) -> None:
+        """Read the sample up to fraction ``p`` (1.0 = compute the query exactly)."""
+        if p <= self.fraction:
+            return
+        if p >= 1.0 or not self.c.sampled:
+            self.exact_values = self.engine.exact_features(self.c.exact, self.params)
+            self.fraction = 1.0
+            return
+        first = self.fraction == 0.0
+        if first and self.c.exact_only is not None:
+            self.exact_values = self.engine.exact_features(self.c.exact_only, self.params)
+        source = self.c.source
+        lo = self.fraction if source.nested else 0.0
+        if source.nested:  # a term whose values were cut at the cap stops growing: no gaps
+            room = {t: VALUE_CAP - sum(len(v) for v in self.values.get(t, [])) for t in self._value_terms
+                    if self.value_fraction.get(t, 0.0) == self.fraction}
+            growing = [t for t, r in room.items() if r > 0]
+            cap = min((room[t] for t in growing), default=VALUE_CAP)
+        else:
+            growing, cap = list(self._value_terms), VALUE_CAP
+        check = first and isinstance(source, PreparedSource)
+        stmt = source.increment_sql(self.c.plan, self.c.layout, lo, p, growing, cap, check_source=check)
+        try:
+            bound = {k: self.params[k] for k in self.c.sample_params}
+            row = cur.execute(stmt.sql, {**bound, **stmt.extra_params}).fetchall()[0]
+        except duckdb.Error as e:
+            raise QueryError(f"sampling query {self.c.query.name} failed: {str(e).splitlines()[0]}") from e
+        if check and row[-1] != source.prepared.source_rows:
+            self._fall_back(cur, f"the prepared copy of {source.prepared.source} is stale (source has {row[-1]:,} "
+                                 f"rows, copy {source.prepared.source_rows:,}); computed exactly — run "
+                                 f"approxql prepare again")
+            return
+        if stmt.clustered:  # matching rows in too few blocks: no sample of blocks can mean anything
+            projected = int(row[0] or 0) * 0.5 / p
+            if projected < MIN_CLUSTERS:
+                self._fall_back(cur, f"its matching rows lie in about {int(row[0] or 0) / p:.0f} blocks of 2048 rows, "
+                                     f"too few for block sampling; computed exactly (prepare the table to sample it)")
+                return
+        width = self.c.layout.result_width(clustered=stmt.clustered)
+        inc = self.c.layout.moments(row, clustered=stmt.clustered)
+        self.moments = inc if (self.moments is None or not source.nested) else self.moments.merge(inc)
+        rest = row[width:]
+        for i, t in enumerate(growing):
+            values, extra = rest[2 * i], rest[2 * i + 1]
+            arr = np.asarray(values or [], dtype=np.float64)
+            if stmt.clustered:
+                self.values[t] = [arr]
+                self.clusters[t] = [np.repeat(np.arange(len(extra or [])), np.asarray(extra or [], dtype=np.int64))]
+                self.value_fraction[t] = p
+            else:
+                self.values.setdefault(t, []).append(arr)
+                # the cap-th key: where the kept values stop being the whole increment
+                self.value_fraction[t] = p if extra is None else float(extra)
+        self.fraction = p
+
+    def _fall_back(self, cur, why: str) -> None:
+        self.note = why
+        self.exact_values = self.engine.exact_features(self.c.exact, self.params)
+        self.fraction = 1.0
+
+    def result(self) -> QueryResult:
+        names = self.c.query.features
+        m = len(names)
+        if self.fraction >= 1.0:
+            reasons = {n: self.note or "computed exactly" for n in names} if self.note else {}
+            values = {n: _num(self.exact_values.get(n)) for n in names}
+            return QueryResult(self.c.query.name, "exact", 1.0, True, values, {n: 0.0 for n in names},
+                               np.zeros((m, m)), 0, True, needed_fraction=1.0, reasons=reasons)
+        plan, layout, p = self.c.plan, self.c.layout, self.fraction
+        values: dict[str, float | None] = {}
+        stderr: dict[str, float] = {}
+        cov = np.zeros((m, m))
+        moment_idx = [i for i, f in enumerate(plan.features)
+                      if f.approximable and not any(plan.terms[t].is_quantile for t in f.terms)]
+        clustered = not self.c.source.nested
+        if moment_idx:
+            g = lambda T: np.array([plan.features[i].evaluate(_terms(layout, T), self.params) for i in moment_idx])  # noqa: E731
+            vals, vcov = feature_covariance(g, self.moments, p)
+            for a, i in enumerate(moment_idx):
+                for b, j in enumerate(moment_idx):
+                    cov[i, j] = vcov[a, b]
+            for a, i in enumerate(moment_idx):
+                values[names[i]] = _num(vals[a])
+        supports = {t: self._term_support(t) for t in range(len(plan.terms))}
+        support = min(supports.values(), default=0)
+        for i, f in enumerate(plan.features):
+            if f.approximable and i not in moment_idx:
+                t = f.terms[0]
+                term = plan.terms[t]
+                vals_t = np.concatenate(self.values.get(t, [np.empty(0)]))
+                method = "disc" if term.func == "quantile_disc" else "cont"
+                if clustered:
+                    est = woodruff_quantile(vals_t, np.concatenate(self.clusters.get(t, [np.empty(0, np.int64)])),
+                                            term.q, p=self.value_fraction.get(t, p), method=method)
+                else:
+                    est = quantile_estimate(vals_t, term.q, p=self.value_fraction.get(t, p), method=method)
+                values[f.name] = _num(est.value)
+                cov[i, i] = est.stderr ** 2
+            elif not f.approximable:
+                values[f.name] = _num(self.exact_values.get(f.name))
+        for i, n in enumerate(names):
+            stderr[n] = math.sqrt(cov[i, i]) if cov[i, i] > 0 else (0.0 if np.isfinite(cov[i, i]) else math.nan)
+        needed = 0.0
+        for t, have in supports.items():
+            want = self.c.min_support.get(t, MIN_SUPPORT)
+            needed = max(needed, p * want / have if have else 1.0)
+        if clustered:
+            blocks = self.moments.n if self.moments is not None else 0
+            needed = max(needed, p * MIN_CLUSTERS / blocks if blocks else 1.0)
+        trusted = needed <= p and all(np.isfinite(cov[i, i]) for i in range(m))
+        return QueryResult(plan.query.name, self.c.source.name, p, False, {n: values[n] for n in names}, stderr,
+                           np.nan_to_num(cov, nan=0.0), support, trusted, needed_fraction=min(needed, 1.0),
+                           reasons=plan.exact_reasons())
+
+    def _term_support(self, t: int) -> int:
+        slot = self.c.layout.slots[t]
+        if slot is None:
+            return sum(len(v) for v in self.values.get(t, []))
+        if self.moments is None or self.moments.n == 0:
+            return 0
+        return int(round(self.moments.total[slot.nn]))
+
+
+def _terms(layout: MomentLayout, T: np.ndarray) -> np.ndarray:
+    return layout.term_values(T)
+
+
+def _num(v) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def _with_select(query: FeatureQuery, select, features) -> FeatureQuery:
+    return replace(query, select=select, features=features, params=_params_in([select], query.params))
+
+
+def _params_in(nodes, declared) -> tuple[str, ...]:
+    """The declared parameters that occur in ``nodes`` (DuckDB refuses unused bound parameters)."""
+    used = {p.name for n in nodes if n is not None for p in n.find_all(exp.Placeholder)}
+    return tuple(p for p in declared if p in used)
+
+
+def _centers(cur, plan: AggregatePlan, table: str) -> dict[str, float]:
+    """A rough center of each aggregated expression, from the first rows of the table."""
+    args = list(dict.fromkeys(t.arg.sql("duckdb") for t in plan.terms
+                              if t.arg is not None and not t.is_quantile and t.func not in ("count", "count_star")))
+    if not args:
+        return {}
+    items = ", ".join(f"avg(TRY_CAST(({a}) AS DOUBLE))" for a in args)
+    try:
+        row = cur.execute(f"SELECT {items} FROM (SELECT * FROM {quote(table)} LIMIT {CENTER_ROWS})").fetchall()[0]
+    except duckdb.Error:
+        return {}
+    return {a: float(v) for a, v in zip(args, row) if v is not None and math.isfinite(v)}

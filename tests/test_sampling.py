@@ -1,0 +1,244 @@
+"""Sampling one aggregate query: exactness at fraction 1, nested increments, strategies, fallbacks."""
+from __future__ import annotations
+
+import re
+
+import duckdb
+import numpy as np
+import pytest
+
+import approxql
+from approxql import OptionError
+from approxql.engines import DuckDBEngine
+from approxql.pipeline_file import parse_pipeline
+from approxql.sampling import QuerySampler, compile_query, prepare
+from approxql.sampling.catalog import CATALOG, KEY
+
+HEADER = "-- name: t\n-- model: m.onnx\n-- task: regression\n-- params: k INTEGER, lim DOUBLE\n-- inputs: {first}\n"
+AGGREGATES = """
+    COUNT(*) AS n, COUNT(y) AS ny, SUM(x) AS s, AVG(x) AS a, AVG(y) AS ay,
+    VAR_SAMP(x) AS vs, VAR_POP(y) AS vp, STDDEV_SAMP(x) AS ss, STDDEV_POP(x) AS sp, variance(x) AS v2, stddev(y) AS s2,
+    MEDIAN(x) AS med, QUANTILE_CONT(x, 0.9) AS q9, QUANTILE_DISC(y, 0.25) AS qd,
+    SUM(x) / SUM(w) AS ratio, AVG(x) FILTER (WHERE flag) AS af, COUNT(*) FILTER (WHERE x > $lim) AS cf,
+    SUM(CASE WHEN flag THEN x ELSE 0 END) AS sc, MIN(x) AS mn, MAX(y) AS mx, COUNT(DISTINCT g) AS cd,
+    AVG(x) - $lim AS shifted, COALESCE(AVG(y), -1) AS co"""
+
+
+def query(select_items: str = AGGREGATES, where: str = "k = $k", table: str = "t"):
+    text = HEADER.format(first="n" if "AS n," in select_items else "a") + f"SELECT {select_items} FROM {table} WHERE {where};"
+    return parse_pipeline(text).queries[0]
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    """k=1: 300,000 rows spread through 1.2M (for block sampling); k=2: 5,000 rows in one run."""
+    con = duckdb.connect(str(tmp_path_factory.mktemp("sampling") / "s.duckdb"))
+    con.execute("SET threads = 1")  # TABLESAMPLE SYSTEM repeats its sample only single-threaded
+    con.execute("""
+        CREATE TABLE t AS
+        SELECT CASE WHEN i < 1195000 THEN 1 + (i % 4 = 0)::INT * 0 + (i % 4 <> 0)::INT * 2 ELSE 2 END AS k,
+               exp(2 * ((hash(i, 1) % 1000000) / 1000000.0)) AS x,
+               CASE WHEN hash(i, 2) % 10 = 0 THEN NULL ELSE (hash(i, 3) % 1000) / 10.0 END AS y,
+               1 + (hash(i, 4) % 100) / 100.0 AS w,
+               hash(i, 5) % 3 = 0 AS flag,
+               hash(i, 6) % 50 AS g
+        FROM range(1200000) r(i)""")
+    yield con
+    con.close()
+
+
+def exact_row(con, q, params):
+    with con.cursor() as cur:
+        row = cur.execute(q.sql(), {k: v for k, v in params.items() if k in q.params}).fetchall()[0]
+    return dict(zip(q.features, row))
+
+
+def run(con, q, strategy, params, fractions):
+    compiled = compile_query(DuckDBEngine(con), con, q, strategy=strategy, seed=3)
+    sampler = QuerySampler(compiled, DuckDBEngine(con), params)
+    with con.cursor() as cur:
+        for p in fractions:
+            sampler.advance(cur, p)
+    return compiled, sampler
+
+
+@pytest.mark.parametrize("strategy", ["system", "prepared", "exact"])
+@pytest.mark.parametrize("k", [1, 2, 99])  # spread rows, one contiguous run, no matching rows
+def test_fraction_one_equals_duckdb(db, strategy, k):
+    if strategy == "prepared":
+        prepare(db, "t", by=["k"])
+    q = query()
+    params = {"k": k, "lim": 3.0}
+    _, sampler = run(db, q, strategy, params, [0.05, 1.0] if strategy != "exact" else [1.0])
+    result = sampler.result()
+    assert result.exact and result.fraction == 1.0 and np.all(result.cov == 0)
+    truth = exact_row(db, q, params)
+    for name, value in truth.items():
+        got = result.values[name]
+        if value is None:
+            assert got is None, name
+        else:
+            assert got == pytest.approx(float(value), rel=1e-12, abs=1e-12), name
+        assert result.stderr[name] == 0.0
+
+
+def test_nested_increments_equal_one_round(db):
+    prepare(db, "t", by=["k"])
+    q = query("AVG(x) AS a, SUM(x) AS s, VAR_SAMP(x) AS v, COUNT(y) AS ny, MEDIAN(x) AS med")
+    params = {"k": 1, "lim": 0.0}
+    _, stepwise = run(db, q, "prepared", params, [0.01, 0.02, 0.05, 0.08])
+    _, once = run(db, q, "prepared", params, [0.08])
+    assert stepwise.moments.n == once.moments.n
+    np.testing.assert_allclose(stepwise.moments.mean, once.moments.mean, rtol=1e-12)
+    np.testing.assert_allclose(stepwise.moments.comoment, once.moments.comoment, rtol=1e-9, atol=1e-6)
+    a, b = stepwise.result(), once.result()
+    for name in q.features:
+        assert a.values[name] == pytest.approx(b.values[name], rel=1e-10)
+        assert a.stderr[name] == pytest.approx(b.stderr[name], rel=1e-8)
+
+
+def test_sample_estimates_are_close_and_honest(db):
+    q = query("AVG(x) AS a, COUNT(*) AS n, MEDIAN(x) AS med")
+    truth = exact_row(db, q, {"k": 1, "lim": 0.0})
+    for strategy in ("system", "prepared"):
+        if strategy == "prepared":
+            prepare(db, "t", by=["k"])
+        p = 0.05 if strategy == "prepared" else 0.2  # block sampling needs 50 blocks: k=1 spans ~590
+        _, sampler = run(db, q, strategy, {"k": 1, "lim": 0.0}, [p])
+        r = sampler.result()
+        assert not r.exact and r.fraction == p and r.trusted and r.strategy == strategy
+        for name in q.features:
+            assert r.stderr[name] > 0
+            assert abs(r.values[name] - truth[name]) < 5 * r.stderr[name], (strategy, name)
+
+
+def test_unsupported_aggregates_are_exact_with_a_reason(db):
+    q = query("AVG(x) AS a, MIN(x) AS mn, COUNT(DISTINCT g) AS cd, ROUND(AVG(x)) AS r, MEDIAN(x) - AVG(x) AS skew")
+    compiled, sampler = run(db, q, "system", {"k": 1, "lim": 0.0}, [0.05])
+    r = sampler.result()
+    truth = exact_row(db, q, {"k": 1, "lim": 0.0})
+    assert r.stderr["a"] > 0
+    for name in ("mn", "cd", "r", "skew"):
+        assert r.values[name] == pytest.approx(truth[name]) and r.stderr[name] == 0.0
+    assert "MIN has no honest sampling interval" in r.reasons["mn"]
+    assert "COUNT(DISTINCT" in r.reasons["cd"]
+    assert "ROUND" in r.reasons["r"]
+    assert "quantile combined" in r.reasons["skew"]
+    assert "mn computed exactly: MIN has no honest sampling interval" in compiled.describe()
+
+
+@pytest.mark.parametrize("items, where, reason", [
+    ("AVG(x) AS a", "k = $k AND x > (SELECT AVG(x) FROM t)", "subquery"),
+    ("AVG(t.x) AS a", "t.k = $k", None),
+])
+def test_query_level_reasons(db, items, where, reason):
+    compiled = compile_query(DuckDBEngine(db), db, query(items, where), strategy="system")
+    assert compiled.sampled == (reason is None)
+    if reason:
+        assert reason in compiled.note
+
+
+def test_join_is_computed_exactly(db):
+    q = query("AVG(t.x) AS a", "t.k = $k", table="t JOIN (SELECT 1 AS k) AS u USING (k)")
+    compiled, sampler = run(db, q, "auto", {"k": 1, "lim": 0.0}, [0.05])
+    assert not compiled.sampled and "joins tables" in compiled.note
+    r = sampler.result()
+    assert r.exact and r.values["a"] == pytest.approx(exact_row(db, q, {"k": 1, "lim": 0.0})["a"])
+
+
+def test_block_sampling_falls_back_when_rows_are_concentrated(db):
+    q = query("AVG(x) AS a")  # k = 2 rows are one run of 5,000 rows: about 3 blocks
+    _, sampler = run(db, q, "system", {"k": 2, "lim": 0.0}, [0.05])
+    r = sampler.result()
+    assert r.exact and "too few for block sampling" in r.reasons["a"]
+    assert r.values["a"] == pytest.approx(exact_row(db, q, {"k": 2, "lim": 0.0})["a"])
+
+
+def test_untrusted_below_minimum_support(db):
+    prepare(db, "t", by=["k"])
+    q = query("AVG(x) AS a")
+    _, sampler = run(db, q, "prepared", {"k": 2, "lim": 0.0}, [0.002])  # ~10 of 5,000 rows
+    r = sampler.result()
+    assert not r.trusted and r.support < 30 and r.needed_fraction > 0.002
+    _, sampler = run(db, q, "prepared", {"k": 2, "lim": 0.0}, [min(1.0, r.needed_fraction * 1.2)])
+    assert sampler.result().trusted
+
+
+def test_heavy_tailed_variance_needs_more_rows_than_its_mean(db):
+    compiled = compile_query(DuckDBEngine(db), db, query("AVG(x) AS a, VAR_POP(x) AS v, VAR_POP(w) AS vw"),
+                             strategy="system")
+    need = dict(zip([t.func + ":" + t.arg.sql() for t in compiled.plan.terms], compiled.min_support.values()))
+    assert need["var_pop:x"] > need["avg:x"] >= 30
+    assert need["var_pop:w"] < need["var_pop:x"]  # w is uniform: light tails
+
+
+def test_quantile_values_are_capped_by_a_nested_subsample(db, monkeypatch):
+    from approxql.sampling import sampler as sampler_module
+    monkeypatch.setattr(sampler_module, "VALUE_CAP", 500)
+    prepare(db, "t", by=["k"])
+    q = query("MEDIAN(x) AS med, AVG(x) AS a")
+    _, s = run(db, q, "prepared", {"k": 1, "lim": 0.0}, [0.001, 0.01, 0.05])
+    term = next(i for i, t in enumerate(s.c.plan.terms) if t.is_quantile)
+    assert sum(len(v) for v in s.values[term]) == 500
+    assert 0.001 < s.value_fraction[term] < 0.01  # the 500 values are the rows with the smallest keys
+    r = s.result()
+    truth = exact_row(db, q, {"k": 1, "lim": 0.0})
+    assert abs(r.values["med"] - truth["med"]) < 5 * r.stderr["med"]
+
+
+def test_prepare_copies_sorts_and_registers(db):
+    before = db.execute("SELECT count(*), sum(x) FROM t").fetchall()
+    info = prepare(db, "t", by=["k"], seed=5)
+    assert db.execute("SELECT count(*), sum(x) FROM t").fetchall() == before  # source untouched
+    assert info.source_rows == before[0][0] and info.by == ("k",) and info.seed == 5
+    assert "__approxql_rnd" not in [r[0] for r in db.execute("DESCRIBE t").fetchall()]
+    keys = db.execute(f"SELECT k, {KEY} FROM {info.copy}").fetchall()
+    assert keys == sorted(keys)  # sorted by entity, then key
+    assert db.execute(f"SELECT min({KEY}) >= 0, max({KEY}) < 1 FROM {info.copy}").fetchall() == [(True, True)]
+    assert db.execute(f"SELECT count(*) FROM {CATALOG} WHERE source = 't'").fetchall() == [(1,)]
+    prepare(db, "t", by=["k"], seed=5)  # re-preparing replaces, deterministically
+    assert db.execute(f"SELECT k, {KEY} FROM {info.copy}").fetchall() == keys
+    assert db.execute(f"SELECT count(*) FROM {CATALOG}").fetchall() == [(1,)]
+
+
+@pytest.mark.parametrize("table, by, seed, message", [
+    ("nope", ["k"], 0, "no table 'nope'"),
+    ("t", ["kk"], 0, "has no column 'kk' (did you mean 'k'?)"),
+    ("t", ["k"], -1, "seed must be an integer"),
+])
+def test_prepare_bad_arguments(db, table, by, seed, message):
+    with pytest.raises(OptionError, match=re.escape(message)):
+        prepare(db, table, by, seed=seed)
+
+
+def test_stale_prepared_copy_is_never_used(tmp_path):
+    con = duckdb.connect(str(tmp_path / "stale.duckdb"))
+    con.execute("CREATE TABLE t AS SELECT i % 2 AS k, i * 1.0 AS x FROM range(100000) r(i)")
+    prepare(con, "t", by=["k"])
+    q = query("AVG(x) AS a")
+    con.execute("INSERT INTO t VALUES (1, 1e9)")  # the source changed after prepare
+    _, sampler = run(con, q, "auto", {"k": 1, "lim": 0.0}, [0.05])
+    r = sampler.result()
+    assert r.exact and "stale" in r.reasons["a"] and "approxql prepare again" in r.reasons["a"]
+    assert r.values["a"] == pytest.approx(exact_row(con, q, {"k": 1, "lim": 0.0})["a"])  # includes the new row
+
+
+def test_strategy_option(db):
+    with pytest.raises(OptionError, match="strategy must be one of auto, prepared, system, exact"):
+        compile_query(DuckDBEngine(db), db, query("AVG(x) AS a"), strategy="magic")
+    db.execute("CREATE OR REPLACE TABLE u AS SELECT 1 AS k, 1.0 AS x")
+    with pytest.raises(OptionError, match="needs a prepared copy of 'u'"):
+        compile_query(DuckDBEngine(db), db, query("AVG(x) AS a", table="u"), strategy="prepared")
+
+
+def test_pipeline_explains_sampling(tmp_path, db_path, linear_model):
+    from approxql.training import export_onnx
+    from conftest import HEADER as SALES_HEADER, BODY
+    export_onnx(linear_model, 3, tmp_path / "model.onnx", "regression")
+    path = tmp_path / "p.sql"
+    path.write_text(SALES_HEADER + BODY.replace("COUNT(*) AS n_sales", "COUNT(DISTINCT amount) AS n_sales"))
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        text = approxql.load_pipeline(path, con=con).explain_sampling()
+    assert "q1 (line 6): sampled with TABLESAMPLE SYSTEM on sales" in text
+    assert "n_sales computed exactly: COUNT(DISTINCT ...) has no honest sampling interval" in text
+    assert "q2 (line 10): request query, exact and cheap" in text
