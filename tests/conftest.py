@@ -104,3 +104,26 @@ def named_inputs_model_path(tmp_path_factory, linear_model) -> Path:
     path = tmp_path_factory.mktemp("named") / "named.onnx"
     path.write_bytes(model.SerializeToString())
     return path
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Print the coverage table of tests/test_coverage.py when it ran."""
+    stats = getattr(config, "_approxql_coverage", None)
+    if not stats:
+        return
+    from test_coverage import AGGREGATES, FRACTIONS, SHAPES, STRATEGIES
+    tr = terminalreporter
+    tr.section("approxql interval coverage (nominal 95 %, 400 samples per cell)")
+    tr.write_line("coverage among samples that stayed approximate [median fraction used]; "
+                  "'exact' = minimum support needs half the table or more, so computed exactly")
+    for strategy in STRATEGIES:
+        tr.write_line(f"\n{strategy}: {'aggregate':<20}{'shape':<11}" + "".join(f"{f'asked {100 * p:g} %':>20}" for p in FRACTIONS))
+        for shape in SHAPES:
+            for agg in AGGREGATES:
+                row = " " * (len(strategy) + 2) + f"{agg:<20}{shape:<11}"
+                for p in FRACTIONS:
+                    s = stats[(strategy, p, shape, agg)]
+                    med = float(np.median(s["fractions"])) if s["fractions"] else float("nan")
+                    text = "exact" if s["approx"] < len(s["fractions"]) // 2 else f"{s['hits'] / s['approx']:.3f} [{100 * med:.3g}%]"
+                    row += f"{text:>20}"
+                tr.write_line(row)

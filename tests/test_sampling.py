@@ -37,11 +37,11 @@ def db(tmp_path_factory):
     con.execute("""
         CREATE TABLE t AS
         SELECT CASE WHEN i < 1195000 THEN 1 + (i % 4 = 0)::INT * 0 + (i % 4 <> 0)::INT * 2 ELSE 2 END AS k,
-               exp(2 * ((hash(i, 1) % 1000000) / 1000000.0)) AS x,
-               CASE WHEN hash(i, 2) % 10 = 0 THEN NULL ELSE (hash(i, 3) % 1000) / 10.0 END AS y,
-               1 + (hash(i, 4) % 100) / 100.0 AS w,
-               hash(i, 5) % 3 = 0 AS flag,
-               hash(i, 6) % 50 AS g
+               exp(2 * ((hash(i * 8 + 1) % 1000000) / 1000000.0)) AS x,
+               CASE WHEN hash(i * 8 + 2) % 10 = 0 THEN NULL ELSE (hash(i * 8 + 3) % 1000) / 10.0 END AS y,
+               1 + (hash(i * 8 + 4) % 100) / 100.0 AS w,
+               hash(i * 8 + 5) % 3 = 0 AS flag,
+               hash(i * 8 + 6) % 50 AS g
         FROM range(1200000) r(i)""")
     yield con
     con.close()
@@ -54,8 +54,8 @@ def exact_row(con, q, params):
 
 
 def run(con, q, strategy, params, fractions):
-    compiled = compile_query(DuckDBEngine(con), con, q, strategy=strategy, seed=3)
-    sampler = QuerySampler(compiled, DuckDBEngine(con), params)
+    compiled = compile_query(DuckDBEngine(con), con, q, strategy=strategy)
+    sampler = QuerySampler(compiled, DuckDBEngine(con), params, seed=3)
     with con.cursor() as cur:
         for p in fractions:
             sampler.advance(cur, p)
@@ -199,12 +199,18 @@ def test_prepare_copies_sorts_and_registers(db):
     prepare(db, "t", by=["k"], seed=5)  # re-preparing replaces, deterministically
     assert db.execute(f"SELECT k, {KEY} FROM {info.copy}").fetchall() == keys
     assert db.execute(f"SELECT count(*) FROM {CATALOG}").fetchall() == [(1,)]
+    # another seed gives an independent key: its 1 % sample overlaps the first one by about 1 %
+    first = set(db.execute(f"SELECT x, y, w, g FROM {info.copy} WHERE {KEY} < 0.01").fetchall())
+    prepare(db, "t", by=["k"], seed=6)
+    second = set(db.execute(f"SELECT x, y, w, g FROM {info.copy} WHERE {KEY} < 0.01").fetchall())
+    assert 0.005 < len(first & second) / len(first) < 0.02
 
 
 @pytest.mark.parametrize("table, by, seed, message", [
     ("nope", ["k"], 0, "no table 'nope'"),
     ("t", ["kk"], 0, "has no column 'kk' (did you mean 'k'?)"),
     ("t", ["k"], -1, "seed must be an integer"),
+    ("t", ["k"], 2**22, "seed must be an integer in [0, 2^22)"),
 ])
 def test_prepare_bad_arguments(db, table, by, seed, message):
     with pytest.raises(OptionError, match=re.escape(message)):

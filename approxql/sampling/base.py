@@ -29,8 +29,9 @@ class SampleSource(ABC):
 
     @abstractmethod
     def increment_sql(self, plan: AggregatePlan, layout: MomentLayout, lo: float, hi: float,
-                      value_terms: list[int], value_cap: int, *, check_source: bool) -> SampleSQL:
-        """SQL for the rows with sample key in [lo, hi) (nested) or a fresh sample at ``hi``."""
+                      value_terms: list[int], value_cap: int, *, check_source: bool, seed: int = 0) -> SampleSQL:
+        """SQL for the rows with sample key in [lo, hi) (nested) or a fresh sample at ``hi``
+        (drawn with ``seed`` where the strategy draws at query time)."""
 
     def next_fraction(self, current: float, wanted: float) -> float:
         """The fraction to move to when ``wanted`` is asked for (non-nested sources grow geometrically)."""

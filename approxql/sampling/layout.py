@@ -4,7 +4,10 @@ For each moment term over argument x (with an optional FILTER f) the columns are
 indicator ``nn = [x IS NOT NULL AND f]``, the shifted value ``y = (x - c) * nn`` and, for
 variances, ``y^2``. A fixed shift c (a rough center of x) keeps VAR = T[y2]/T[nn] - (T[y]/T[nn])^2
 free of cancellation. Column 0 is the constant 1 (every matching row), whose sums are free.
-The SQL asks for the sum of every column and of the products the covariance needs.
+
+The SQL is kept as lean as the exact query's: a value is NULL where it does not contribute, so
+``COUNT(x)``, ``SUM(x - c)`` and ``SUM((x - c) * (x - c))`` need no CASE, and a FILTER stays a
+FILTER. Products that a column sum already gives (nn*nn, nn*y, y*y) are not asked for.
 """
 from __future__ import annotations
 
@@ -12,10 +15,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from sqlglot import exp
 
 from ..estimators import Moments
-from .terms import AggregatePlan, Term
+from .terms import AggregatePlan
 
 FULL_COVARIANCE_MAX_COLUMNS = 8  # above this, only products within one term are summed
 
@@ -29,59 +31,95 @@ class TermSlots:
 
 
 @dataclass(frozen=True)
+class Column:
+    """A contribution column: the constant 1 (``value`` and ``arg`` None), the indicator that
+    ``arg`` is not NULL (``value`` None), or a numeric ``value`` that is NULL where it does not
+    contribute; each counted only on rows passing ``filter``."""
+
+    value: str | None = None
+    arg: str | None = None
+    filter: str | None = None
+
+    def sum_sql(self) -> str:
+        if self.value is not None:
+            agg = f"SUM({self.value})"
+        else:
+            agg = f"COUNT({self.arg or '*'})"
+        return agg + (f" FILTER (WHERE {self.filter})" if self.filter else "")
+
+    def row_sql(self) -> str:
+        if self.value is not None:
+            return f"({self.value})"
+        return "1" if self.arg is None else f"(CASE WHEN ({self.arg}) IS NOT NULL THEN 1 END)"
+
+    def product_sql(self, other: "Column") -> str:
+        filters = [f for f in dict.fromkeys((self.filter, other.filter)) if f]
+        where = f" FILTER (WHERE {' AND '.join(f'({f})' for f in filters)})" if filters else ""
+        return f"SUM({self.row_sql()} * {other.row_sql()}){where}"
+
+
+@dataclass(frozen=True)
 class MomentLayout:
     """The contribution columns of one aggregate plan and how terms read their totals."""
 
-    columns: tuple[exp.Expression, ...]      # column 0 is the literal 1
+    columns: tuple[Column, ...]              # column 0 is the constant 1
     slots: tuple[TermSlots | None, ...]      # per plan term; None for quantile terms
     funcs: tuple[str, ...]
-    pairs: tuple[tuple[int, int], ...]       # (i, j), 1 <= i <= j: products summed in SQL
+    pairs: tuple[tuple[int, int], ...]       # (i, j), 1 <= i <= j: products the covariance needs
+    same_as: dict                            # (i, j) -> column whose row sum equals the product's
 
     @classmethod
     def build(cls, plan: AggregatePlan, centers: dict[str, float]) -> "MomentLayout":
-        columns: list[exp.Expression] = [exp.Literal.number(1)]
-        seen: dict[str, int] = {"1": 0}
+        columns: list[Column] = [Column()]
+        seen: dict[Column, int] = {Column(): 0}
         owner: list[set[int]] = [set()]
+        same_as: dict[tuple[int, int], int] = {}  # row-level identities: nn*nn = nn, nn*y = y, y*y = y2
 
-        def column(e: exp.Expression, term: int) -> int:
-            key = e.sql("duckdb")
-            if key not in seen:
-                seen[key] = len(columns)
-                columns.append(e)
+        def column(c: Column, term: int) -> int:
+            if c not in seen:
+                seen[c] = len(columns)
+                columns.append(c)
                 owner.append(set())
-            owner[seen[key]].add(term)
-            return seen[key]
+            owner[seen[c]].add(term)
+            return seen[c]
 
         slots: list[TermSlots | None] = []
         for t, term in enumerate(plan.terms):
             if term.is_quantile:
                 slots.append(None)
                 continue
-            cond = _condition(term)
-            nn = 0 if cond is None else column(_indicator(cond), t)
+            arg = term.arg.sql("duckdb") if term.arg is not None and term.func != "count_star" else None
+            filt = term.filter.sql("duckdb") if term.filter is not None else None
+            nn = column(Column(None, arg, filt), t)
+            same_as[(nn, nn)] = nn
             y = y2 = None
             shift = 0.0
             if term.func not in ("count_star", "count"):
-                shift = centers.get(term.arg.sql("duckdb"), 0.0)
-                shifted = _shifted(term.arg, shift)
-                y = column(_when(cond, shifted), t)
+                shift = centers.get(arg, 0.0)
+                shifted = f"CAST(({arg}) AS DOUBLE)" + (f" - {float(shift)!r}" if shift else "")
+                y = column(Column(shifted, arg, filt), t)
+                same_as[(nn, y)] = y
                 if term.func.startswith(("var", "stddev")):
-                    y2 = column(_when(cond, exp.Pow(this=exp.paren(shifted.copy()), expression=exp.Literal.number(2))), t)
+                    y2 = column(Column(f"({shifted}) * ({shifted})", arg, filt), t)
+                    same_as[(nn, y2)] = y2
+                    same_as[(y, y)] = y2
             slots.append(TermSlots(nn, y, y2, shift))
         k = len(columns)
         if k - 1 <= FULL_COVARIANCE_MAX_COLUMNS:
             pairs = [(i, j) for i in range(1, k) for j in range(i, k)]
         else:
             pairs = [(i, j) for i in range(1, k) for j in range(i, k) if owner[i] & owner[j]]
-        return cls(tuple(columns), tuple(slots), tuple(t.func for t in plan.terms), tuple(pairs))
+        return cls(tuple(columns), tuple(slots), tuple(t.func for t in plan.terms), tuple(pairs), same_as)
+
+    def summed_pairs(self) -> list[tuple[int, int]]:
+        """Row-level products the SQL must sum: those no column sum already gives."""
+        return [pair for pair in self.pairs if pair not in self.same_as]
 
     # -- SQL ----------------------------------------------------------------------------------
-    def aggregates_sql(self, dialect: str = "duckdb") -> list[str]:
-        """Select items: COUNT(*), then SUM of each column (1..k-1), then SUM of each product pair."""
-        cols = [c.sql(dialect) for c in self.columns]
-        items = ["COUNT(*)"]
-        items += [f"SUM({c})" for c in cols[1:]]
-        items += [f"SUM(({cols[i]}) * ({cols[j]}))" for i, j in self.pairs]
+    def aggregates_sql(self) -> list[str]:
+        """Select items: COUNT(*), then the sum of each column (1..k-1), then of each product."""
+        items = ["COUNT(*)"] + [c.sum_sql() for c in self.columns[1:]]
+        items += [self.columns[i].product_sql(self.columns[j]) for i, j in self.summed_pairs()]
         return items
 
     def block_pairs(self) -> list[tuple[int, int]]:
@@ -101,10 +139,12 @@ class MomentLayout:
             pairs, products = self.block_pairs(), row[k + 1:]
         else:
             sums = np.array([n] + [float(v or 0.0) for v in row[1:k]], dtype=np.float64)
-            pairs, products = self.pairs, row[k:]
+            pairs, products = self.summed_pairs(), row[k:]
         q = np.outer(sums, sums) / n   # products not summed are taken as uncorrelated
         if not clustered:
             q[0, :] = q[:, 0] = sums   # column 0 is 1 on every row
+            for (i, j), c in self.same_as.items():
+                q[i, j] = q[j, i] = sums[c]
         for (i, j), v in zip(pairs, products):
             q[i, j] = q[j, i] = float(v or 0.0)
         mean = sums / n
@@ -113,15 +153,35 @@ class MomentLayout:
     def result_width(self, *, clustered: bool) -> int:
         """How many leading result values ``moments`` reads."""
         k = len(self.columns)
-        return 1 + (k + len(self.block_pairs()) if clustered else k - 1 + len(self.pairs))
+        return 1 + (k + len(self.block_pairs()) if clustered else k - 1 + len(self.summed_pairs()))
 
-    def term_values(self, totals: np.ndarray) -> np.ndarray:
-        """Every moment term from the column totals (nan where SQL gives NULL; quantiles nan)."""
+    def term_values(self, totals: np.ndarray, terms=None) -> np.ndarray:
+        """Moment terms (all, or just ``terms``) from the column totals; nan where SQL gives NULL."""
         out = np.full(len(self.slots), np.nan)
-        for t, (slot, func) in enumerate(zip(self.slots, self.funcs)):
-            if slot is not None:
-                out[t] = _term_value(func, slot, totals)
+        for t in range(len(self.slots)) if terms is None else terms:
+            if self.slots[t] is not None:
+                out[t] = _term_value(self.funcs[t], self.slots[t], totals)
         return out
+
+    def term_columns(self, t: int) -> set[int]:
+        slot = self.slots[t]
+        return set() if slot is None else {c for c in (slot.nn, slot.y, slot.y2) if c is not None}
+
+    def feature_groups(self, features) -> list[tuple[list[int], list[int]]]:
+        """Moment features grouped so that features sharing a column are estimated together:
+        [(feature indexes, column indexes)]. With full covariance, one group."""
+        cols = [set().union(*(self.term_columns(t) for t in terms)) for _, terms in features]
+        groups: list[tuple[list[int], set[int]]] = []
+        full = len(self.columns) - 1 <= FULL_COVARIANCE_MAX_COLUMNS
+        for (i, _), c in zip(features, cols):
+            hit = [g for g in groups if full or g[1] & c]
+            merged = ([i], set(c))
+            for g in hit:
+                merged[0].extend(g[0])
+                merged[1].update(g[1])
+                groups.remove(g)
+            groups.append(merged)
+        return [(sorted(f), sorted(c)) for f, c in groups]
 
 
 def _term_value(func: str, s: TermSlots, T: np.ndarray) -> float:
@@ -143,31 +203,3 @@ def _term_value(func: str, s: TermSlots, T: np.ndarray) -> float:
             return math.nan              # sample variance of one row is NULL
         v = var_pop * nn / (nn - 1)
     return math.sqrt(v) if func.startswith("stddev") else v
-
-
-def _condition(term: Term) -> exp.Expression | None:
-    parts = []
-    if term.arg is not None and term.func != "count_star":
-        parts.append(exp.Not(this=exp.Is(this=term.arg.copy(), expression=exp.Null())))
-    if term.filter is not None:
-        parts.append(exp.paren(term.filter.copy()))
-    if not parts:
-        return None
-    return exp.and_(*parts) if len(parts) > 1 else parts[0]
-
-
-def _indicator(cond: exp.Expression) -> exp.Expression:
-    return exp.Case(ifs=[exp.If(this=cond.copy(), true=exp.Literal.number(1))], default=exp.Literal.number(0))
-
-
-def _when(cond: exp.Expression | None, value: exp.Expression) -> exp.Expression:
-    if cond is None:
-        return value
-    return exp.Case(ifs=[exp.If(this=cond.copy(), true=value)], default=exp.Literal.number(0))
-
-
-def _shifted(arg: exp.Expression, shift: float) -> exp.Expression:
-    value = exp.Cast(this=exp.paren(arg.copy()), to=exp.DataType.build("DOUBLE"))
-    if shift == 0.0:
-        return value
-    return exp.Sub(this=value, expression=exp.Literal.number(repr(float(shift))))

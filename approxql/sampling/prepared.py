@@ -14,12 +14,22 @@ class PreparedSource(SampleSource):
 
     def __init__(self, prepared: PreparedTable):
         self.prepared = prepared
+        self._sql: dict[tuple, str] = {}  # the text depends only on which terms fetch values
 
     def describe(self) -> str:
         return f"prepared sample order {self.prepared.copy} (by {', '.join(self.prepared.by)})"
 
     def increment_sql(self, plan: AggregatePlan, layout: MomentLayout, lo: float, hi: float,
-                      value_terms: list[int], value_cap: int, *, check_source: bool) -> SampleSQL:
+                      value_terms: list[int], value_cap: int, *, check_source: bool, seed: int = 0) -> SampleSQL:
+        key = (tuple(value_terms), check_source)
+        if key not in self._sql:
+            self._sql[key] = self._build(plan, layout, value_terms, check_source)
+        params = {"__lo": lo, "__hi": hi}
+        if value_terms:
+            params["__cap"] = value_cap
+        return SampleSQL(self._sql[key], params, clustered=False)
+
+    def _build(self, plan: AggregatePlan, layout: MomentLayout, value_terms: list[int], check_source: bool) -> str:
         items = layout.aggregates_sql()
         for t in value_terms:
             term = plan.terms[t]
@@ -29,9 +39,5 @@ class PreparedSource(SampleSource):
         if check_source:
             items.append(f"(SELECT count(*) FROM {quote(self.prepared.source)})")
         where = f"({plan.where.sql('duckdb')}) AND " if plan.where is not None else ""
-        sql = (f"SELECT {', '.join(items)} FROM {quote(self.prepared.copy)} "
-               f"WHERE {where}{KEY} >= $__lo AND {KEY} < $__hi")
-        params = {"__lo": lo, "__hi": hi}
-        if value_terms:
-            params["__cap"] = value_cap
-        return SampleSQL(sql, params, clustered=False)
+        return (f"SELECT {', '.join(items)} FROM {quote(self.prepared.copy)} "
+                f"WHERE {where}{KEY} >= $__lo AND {KEY} < $__hi")

@@ -24,11 +24,12 @@ from .catalog import lookup
 from .layout import MomentLayout
 from .exact import ExactSource
 from .prepared import PreparedSource
-from .support import MIN_SUPPORT, tail_support
+from .support import CLUSTER_FACTOR, MIN_SUPPORT, tail_support
 from .system import SystemSource
 from .terms import AggregatePlan, analyze
 
 MIN_CLUSTERS = 50      # sampled blocks below which a block-sampled interval is not trusted
+MIN_QUANTILE_CLUSTERS = 100  # Woodruff's quantile interval needs more blocks (measured: 0.91 at ~58)
 VALUE_CAP = 20_000     # quantile values kept per term (a nested sub-sample beyond that)
 CENTER_ROWS = 10_000   # rows read once to center each aggregated expression
 
@@ -47,6 +48,7 @@ class QueryResult:
     support: int                              # fewest sampled matching rows behind any term
     trusted: bool                             # support (and blocks) large enough for the intervals
     needed_fraction: float = 0.0              # estimated fraction at which every interval is trusted
+    feature_needed: dict[str, float] = field(default_factory=dict)  # the same, per feature
     reasons: dict[str, str] = field(default_factory=dict)  # feature -> why it is computed exactly
 
 
@@ -63,6 +65,7 @@ class CompiledQuery:
     note: str | None = None             # why this query is not sampled, or fell back
     min_support: dict[int, int] = field(default_factory=dict)  # term -> sampled rows its interval needs
     sample_params: tuple[str, ...] = ()  # request parameters the sampling SQL reads
+    groups: tuple = ()                   # moment features estimated together, with their columns
 
     @property
     def sampled(self) -> bool:
@@ -83,7 +86,7 @@ STRATEGIES = ("auto", "prepared", "system", "exact")
 
 
 def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: FeatureQuery, *,
-                  strategy: str = "auto", seed: int = 0) -> CompiledQuery:
+                  strategy: str = "auto") -> CompiledQuery:
     """Analyse ``query`` and choose its strategy; ``auto`` takes the prepared copy when there is
     one and TABLESAMPLE SYSTEM otherwise."""
     if strategy not in STRATEGIES:
@@ -100,7 +103,7 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
         if strategy == "prepared" and prepared is None:
             raise OptionError(f"strategy 'prepared' needs a prepared copy of {plan.table!r}: "
                               f"run approxql.prepare(con, {plan.table!r}, by=[...]) first")
-        source: SampleSource = PreparedSource(prepared) if prepared else SystemSource(plan.table, seed)
+        source: SampleSource = PreparedSource(prepared) if prepared else SystemSource(plan.table)
         table = prepared.copy if prepared else plan.table
         centers = _centers(cur, plan, table)
         min_support = tail_support(cur, plan, table, centers)
@@ -113,15 +116,17 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
         exact_only = engine.compile_exact([_with_select(query, sub, tuple(n for n in query.features if n in keep))])
     sample_params = _params_in([plan.where, *[t.arg for t in plan.terms], *[t.filter for t in plan.terms]],
                                query.params)
+    moment_features = [(i, f.terms) for i, f in enumerate(plan.features)
+                       if f.approximable and not any(plan.terms[t].is_quantile for t in f.terms)]
     return CompiledQuery(query, plan, layout, source, exact, exact_only, min_support=min_support,
-                         sample_params=sample_params)
+                         sample_params=sample_params, groups=tuple(layout.feature_groups(moment_features)))
 
 
 class QuerySampler:
     """One request's sample of one query. ``advance(p)`` reads up to fraction p."""
 
-    def __init__(self, compiled: CompiledQuery, engine: Engine, params: Mapping[str, Any]):
-        self.c, self.engine = compiled, engine
+    def __init__(self, compiled: CompiledQuery, engine: Engine, params: Mapping[str, Any], *, seed: int = 0):
+        self.c, self.engine, self.seed = compiled, engine, seed
         self.params = {k: params[k] for k in compiled.query.params}
         self.fraction = 0.0
         self.moments: Moments | None = None
@@ -162,7 +167,7 @@ class QuerySampler:
         else:
             growing, cap = list(self._value_terms), VALUE_CAP
         check = first and isinstance(source, PreparedSource)
-        stmt = source.increment_sql(self.c.plan, self.c.layout, lo, p, growing, cap, check_source=check)
+        stmt = source.increment_sql(self.c.plan, self.c.layout, lo, p, growing, cap, check_source=check, seed=self.seed)
         try:
             bound = {k: self.params[k] for k in self.c.sample_params}
             row = cur.execute(stmt.sql, {**bound, **stmt.extra_params}).fetchall()[0]
@@ -208,21 +213,18 @@ class QuerySampler:
             reasons = {n: self.note or "computed exactly" for n in names} if self.note else {}
             values = {n: _num(self.exact_values.get(n)) for n in names}
             return QueryResult(self.c.query.name, "exact", 1.0, True, values, {n: 0.0 for n in names},
-                               np.zeros((m, m)), 0, True, needed_fraction=1.0, reasons=reasons)
+                               np.zeros((m, m)), 0, True, needed_fraction=1.0,
+                               feature_needed={n: 0.0 for n in names}, reasons=reasons)
         plan, layout, p = self.c.plan, self.c.layout, self.fraction
         values: dict[str, float | None] = {}
         stderr: dict[str, float] = {}
         cov = np.zeros((m, m))
-        moment_idx = [i for i, f in enumerate(plan.features)
-                      if f.approximable and not any(plan.terms[t].is_quantile for t in f.terms)]
+        moment_idx = {i for group, _ in self.c.groups for i in group}
         clustered = not self.c.source.nested
-        if moment_idx:
-            g = lambda T: np.array([plan.features[i].evaluate(_terms(layout, T), self.params) for i in moment_idx])  # noqa: E731
-            vals, vcov = feature_covariance(g, self.moments, p)
-            for a, i in enumerate(moment_idx):
-                for b, j in enumerate(moment_idx):
-                    cov[i, j] = vcov[a, b]
-            for a, i in enumerate(moment_idx):
+        for group, cols in self.c.groups:
+            vals, vcov = self._estimate_group(group, cols)
+            cov[np.ix_(group, group)] = vcov
+            for a, i in enumerate(group):
                 values[names[i]] = _num(vals[a])
         supports = {t: self._term_support(t) for t in range(len(plan.terms))}
         support = min(supports.values(), default=0)
@@ -243,17 +245,43 @@ class QuerySampler:
                 values[f.name] = _num(self.exact_values.get(f.name))
         for i, n in enumerate(names):
             stderr[n] = math.sqrt(cov[i, i]) if cov[i, i] > 0 else (0.0 if np.isfinite(cov[i, i]) else math.nan)
-        needed = 0.0
-        for t, have in supports.items():
-            want = self.c.min_support.get(t, MIN_SUPPORT)
-            needed = max(needed, p * want / have if have else 1.0)
-        if clustered:
-            blocks = self.moments.n if self.moments is not None else 0
-            needed = max(needed, p * MIN_CLUSTERS / blocks if blocks else 1.0)
-        trusted = needed <= p and all(np.isfinite(cov[i, i]) for i in range(m))
+        factor = CLUSTER_FACTOR if clustered else 1.0
+        term_needed = {t: (p * factor * self.c.min_support.get(t, MIN_SUPPORT) / have if have else 1.0)
+                       for t, have in supports.items()}
+        blocks = self.moments.n if self.moments is not None else 0
+        feature_needed = {}
+        for i, f in enumerate(plan.features):
+            floor = 0.0
+            if clustered:
+                least = MIN_QUANTILE_CLUSTERS if any(plan.terms[t].is_quantile for t in f.terms) else MIN_CLUSTERS
+                floor = p * least / blocks if blocks else 1.0
+            need = max([floor] + [term_needed[t] for t in f.terms]) if f.approximable else 0.0
+            if not np.isfinite(cov[i, i]):
+                need = 1.0
+            feature_needed[f.name] = min(need, 1.0)
+        needed = max(feature_needed.values(), default=0.0)
+        trusted = needed <= p
         return QueryResult(plan.query.name, self.c.source.name, p, False, {n: values[n] for n in names}, stderr,
                            np.nan_to_num(cov, nan=0.0), support, trusted, needed_fraction=min(needed, 1.0),
-                           reasons=plan.exact_reasons())
+                           feature_needed=feature_needed, reasons=plan.exact_reasons())
+
+    def _estimate_group(self, group: list[int], cols: list[int]):
+        """Delta-method values and covariance of features that share contribution columns,
+        computed on just those columns (other columns do not move these features)."""
+        plan, layout, p = self.c.plan, self.c.layout, self.fraction
+        mom = self.moments
+        sub = Moments(mom.n, mom.mean[cols], mom.comoment[np.ix_(cols, cols)])
+        base = mom.total / p
+        terms = sorted({t for i in group for t in plan.features[i].terms})
+        formulas = [plan.features[i].compiled for i in group]
+
+        def g(t_sub):
+            totals = base.copy()
+            totals[cols] = t_sub
+            tv = layout.term_values(totals, terms)
+            return np.array([f(tv, self.params) for f in formulas])
+
+        return feature_covariance(g, sub, p)
 
     def _term_support(self, t: int) -> int:
         slot = self.c.layout.slots[t]
@@ -262,10 +290,6 @@ class QuerySampler:
         if self.moments is None or self.moments.n == 0:
             return 0
         return int(round(self.moments.total[slot.nn]))
-
-
-def _terms(layout: MomentLayout, T: np.ndarray) -> np.ndarray:
-    return layout.term_values(T)
 
 
 def _num(v) -> float | None:

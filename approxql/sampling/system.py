@@ -19,8 +19,9 @@ class SystemSource(SampleSource):
     name = "system"
     nested = False
 
-    def __init__(self, table: str, seed: int = 0):
-        self.table, self.seed = table, seed
+    def __init__(self, table: str, seed: int | None = None):
+        self.table, self.seed = table, seed   # a fixed seed overrides the request's
+        self._sql: dict[tuple, str] = {}
 
     def describe(self) -> str:
         return f"TABLESAMPLE SYSTEM on {self.table} (2048-row blocks)"
@@ -32,9 +33,16 @@ class SystemSource(SampleSource):
         return 1.0 if step >= 0.5 else step  # past half the table a sample costs about as much as exact
 
     def increment_sql(self, plan: AggregatePlan, layout: MomentLayout, lo: float, hi: float,
-                      value_terms: list[int], value_cap: int, *, check_source: bool) -> SampleSQL:
-        cols = [c.sql("duckdb") for c in layout.columns]
-        inner = [f"rowid // {BLOCK_ROWS} AS __block"] + [f"SUM({c}) AS __c{i}" for i, c in enumerate(cols)]
+                      value_terms: list[int], value_cap: int, *, check_source: bool, seed: int = 0) -> SampleSQL:
+        seed = self.seed if self.seed is not None else seed
+        key = (hi, tuple(value_terms), seed)
+        if key not in self._sql:
+            self._sql[key] = self._build(plan, layout, hi, value_terms, seed)
+        return SampleSQL(self._sql[key], {}, clustered=True)
+
+    def _build(self, plan: AggregatePlan, layout: MomentLayout, hi: float, value_terms: list[int], seed: int) -> str:
+        cols = layout.columns
+        inner = [f"rowid // {BLOCK_ROWS} AS __block"] + [f"{c.sum_sql()} AS __c{i}" for i, c in enumerate(cols)]
         for t in value_terms:
             term = plan.terms[t]
             inner.append(f"list(({term.arg.sql('duckdb')})::DOUBLE) FILTER (WHERE {value_condition(term)}) AS __v{t}")
@@ -45,6 +53,5 @@ class SystemSource(SampleSource):
             outer.append(f"list(len(__v{t}) ORDER BY __block)")
         where = f" WHERE {plan.where.sql('duckdb')}" if plan.where is not None else ""
         percent = f"{100.0 * hi:.10g}"
-        sql = (f"SELECT {', '.join(outer)} FROM (SELECT {', '.join(inner)} FROM {quote(self.table)} "
-               f"TABLESAMPLE SYSTEM ({percent} PERCENT) REPEATABLE ({self.seed}){where} GROUP BY 1)")
-        return SampleSQL(sql, {}, clustered=True)
+        return (f"SELECT {', '.join(outer)} FROM (SELECT {', '.join(inner)} FROM {quote(self.table)} "
+                f"TABLESAMPLE SYSTEM ({percent} PERCENT) REPEATABLE ({seed}){where} GROUP BY 1)")
