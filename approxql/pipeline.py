@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 
 from .engines import DuckDBEngine, Engine
 from .errors import ApproxQLError, ModelError, NullFeatureError, RequestError
+from .controller.costs import CostBook
 from .model import OnnxModel
 from .params import bind_request
 from .pipeline_file import PipelineSpec, read_pipeline_file
@@ -20,12 +21,17 @@ from .prediction import Prediction
 
 
 def load_pipeline(path: str | Path, con: duckdb.DuckDBPyConnection | None = None, *,
-                  engine: Engine | None = None) -> "Pipeline":
-    """Read a pipeline file, load its model and check its tables on ``con`` (or ``engine``)."""
+                  engine: Engine | None = None, warm: bool = False) -> "Pipeline":
+    """Read a pipeline file, load its model and check its tables on ``con`` (or ``engine``).
+    ``warm=True`` also builds the sampling plans now (they read each table's tail statistics
+    once), so the first approximate request does not pay for it."""
     if (con is None) == (engine is None):
         raise TypeError("load_pipeline needs exactly one of con= (a DuckDB connection) or engine=")
     spec = read_pipeline_file(path)
-    return Pipeline(spec, engine or DuckDBEngine(con))
+    pipe = Pipeline(spec, engine or DuckDBEngine(con))
+    if warm:
+        pipe.sampling_plans()
+    return pipe
 
 
 class Pipeline:
@@ -42,6 +48,9 @@ class Pipeline:
         self._exact_batch = None
         self._sampling = None
         self._sampling_lock = threading.Lock()
+        cheap = [q for q in spec.queries if q not in spec.aggregate_queries]
+        self._fixed = engine.compile_exact(cheap) if cheap else None
+        self.costs = CostBook()
 
     name = property(lambda self: self.spec.name)
     params = property(lambda self: self.spec.params)
@@ -73,6 +82,50 @@ class Pipeline:
         if self._exact_batch is None:
             self._exact_batch = self.engine.compile_exact(self.spec.queries, batch=True)
         return exact_feature_table(self.spec, self.engine, requests, self._exact_batch)
+
+    # -- approximate --------------------------------------------------------------------------
+    def predict(self, request: Mapping[str, Any], *, tau: float | None = None, delta: float | None = None,
+                seed: int | None = None, policy: str = "approxql", initial_fraction: float | None = None,
+                max_rounds: int | None = None, points: int | None = None, time_budget_ms: float | None = None,
+                strategy: str = "auto", learn: bool = True) -> Prediction:
+        """Predict from sampled features, stopping once Pr(|y - y_exact| <= delta) >= tau
+        (classification: the same label), every feature is exact, or the time budget is spent.
+
+        ``policy="biathlon"`` reproduces the original system's choices (the baseline).
+        ``seed`` fixes every random choice, and a request plans from the pipeline's learned costs
+        and warm start as they were when it began: the same request, seed and pipeline state give
+        the same result. ``learn=False`` leaves that state as it was (a pure call)."""
+        from .controller import check_options, predict as run
+        opts = check_options(task=self.task, tau=tau, delta=delta, seed=seed, policy=policy,
+                             initial_fraction=initial_fraction, max_rounds=max_rounds, points=points,
+                             time_budget_ms=time_budget_ms, strategy=strategy, learn=learn,
+                             default_tau=self.spec.tau, default_delta=self.spec.delta)
+        if self.task == "regression" and opts.delta == 0:
+            return self.predict_exact(request)  # no sampling error is within a bound of 0
+        return run(self, request, opts)
+
+    def fixed_features(self, bound: Mapping[str, Any]) -> dict[str, Any]:
+        """Lookups and request-only features: exact, in one statement."""
+        return self.engine.exact_features(self._fixed, bound) if self._fixed is not None else {}
+
+    def check_nulls(self, results, fixed: Mapping[str, Any]) -> None:
+        """Raise NullFeatureError for an exactly known NULL input that has no fill value."""
+        known = dict(fixed)
+        for r in results.values():
+            if r.exact:
+                known.update(r.values)
+        self._model_features({n: (known[n] if n in known else 0.0) for n in self.inputs})
+
+    def model_value(self, x: np.ndarray):
+        return _scalar(self.model.run(np.asarray(x, dtype=np.float64)[None, :]).values[0])
+
+    def label_margin(self, x: np.ndarray) -> float | None:
+        """How far the predicted label's probability leads the runner-up's, halved (None without probabilities)."""
+        out = self.model.run(np.asarray(x, dtype=np.float64)[None, :])
+        if out.probabilities is None:
+            return None
+        p = np.sort(out.probabilities[0])[::-1]
+        return float((p[0] - (p[1] if len(p) > 1 else 0.0)) / 2)
 
     # -- sampling ---------------------------------------------------------------------------
     def sampling_plans(self, *, strategy: str = "auto") -> dict[str, "CompiledQuery"]:

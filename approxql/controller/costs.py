@@ -1,0 +1,131 @@
+"""What a feature query costs, learned online, and where recent requests finished.
+
+Both are shared by every request of a pipeline (and by threads), so each update takes a lock.
+"""
+from __future__ import annotations
+
+import statistics
+import threading
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+
+@dataclass
+class CostLog:
+    """What one request observed: (query, rows, ms) per sampling run and exact run, and
+    (query, final fraction, matching rows) per query."""
+
+    sampling: list = field(default_factory=list)
+    exact: list = field(default_factory=list)
+    finished: list = field(default_factory=list)
+
+
+@dataclass
+class LinearCost:
+    """time_ms = overhead + slope * rows, fitted by least squares over all observations."""
+
+    prior_overhead: float
+    prior_slope: float
+    n: int = 0
+    sx: float = 0.0
+    sy: float = 0.0
+    sxx: float = 0.0
+    sxy: float = 0.0
+
+    def add(self, rows: float, ms: float) -> None:
+        self.n += 1
+        self.sx += rows
+        self.sy += ms
+        self.sxx += rows * rows
+        self.sxy += rows * ms
+
+    def fit(self) -> tuple[float, float]:
+        """(overhead ms, ms per row); the prior until two distinct sizes were seen."""
+        if self.n == 0:
+            return self.prior_overhead, self.prior_slope
+        var = self.sxx - self.sx * self.sx / self.n
+        if self.n < 2 or var <= 1e-9 * max(self.sxx, 1.0):
+            mean_x, mean_y = self.sx / self.n, self.sy / self.n
+            slope = self.prior_slope
+            return max(mean_y - slope * mean_x, 0.0), slope
+        slope = max((self.sxy - self.sx * self.sy / self.n) / var, 0.0)
+        return max((self.sy - slope * self.sx) / self.n, 0.0), slope
+
+    def predict(self, rows: float) -> float:
+        overhead, slope = self.fit()
+        return overhead + slope * rows
+
+
+@dataclass
+class QueryCosts:
+    """Sampling cost against rows sampled, exact cost against matching rows, recent final fractions."""
+
+    sampling: LinearCost = field(default_factory=lambda: LinearCost(0.5, 1e-5))
+    exact: LinearCost = field(default_factory=lambda: LinearCost(0.5, 2e-5))
+    finished: deque = field(default_factory=lambda: deque(maxlen=64))
+    matching: deque = field(default_factory=lambda: deque(maxlen=64))
+
+
+class CostBook:
+    """Per-query costs and warm-start memory of one pipeline.
+
+    A request plans from a ``snapshot`` taken when it starts and hands what it learned back with
+    ``merge`` when it ends: its choices never depend on timings measured while it ran, so the same
+    request, seed and pipeline state give the same result."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._queries: dict[str, QueryCosts] = {}
+
+    def snapshot(self) -> "CostBook":
+        copy = CostBook()
+        with self._lock:
+            copy._queries = {name: QueryCosts(replace(q.sampling), replace(q.exact), deque(q.finished, 64),
+                                              deque(q.matching, 64)) for name, q in self._queries.items()}
+        return copy
+
+    def merge(self, log: "CostLog") -> None:
+        """Add one request's observations."""
+        with self._lock:
+            for query, rows, ms in log.sampling:
+                self._get(query).sampling.add(rows, ms)
+            for query, matching, ms in log.exact:
+                self._get(query).exact.add(matching, ms)
+            for query, fraction, matching in log.finished:
+                q = self._get(query)
+                q.finished.append(fraction)
+                if matching is not None:
+                    q.matching.append(matching)
+
+    def _get(self, query: str) -> QueryCosts:
+        return self._queries.setdefault(query, QueryCosts())
+
+    def sampling_ms(self, query: str, rows: float) -> float:
+        with self._lock:
+            return self._get(query).sampling.predict(rows)
+
+    def sampling_fit(self, query: str) -> tuple[float, float]:
+        """(overhead ms, ms per sampled row) of the query's sampling cost."""
+        with self._lock:
+            return self._get(query).sampling.fit()
+
+    def exact_ms(self, query: str, matching: float) -> float:
+        """Predicted cost of the exact query. Until one was timed, it is the sampling model's
+        overhead plus reading every matching row at no less than the sampling cost per row."""
+        with self._lock:
+            q = self._get(query)
+            if q.exact.n:
+                return q.exact.predict(matching)
+            overhead, slope = q.sampling.fit()
+            return overhead + max(slope, q.exact.prior_slope) * matching
+
+    def warm_fraction(self, query: str) -> float | None:
+        """The median fraction recent requests finished at, or None without history."""
+        with self._lock:
+            recent = list(self._get(query).finished)
+        return statistics.median(recent) if len(recent) >= 3 else None
+
+    def typical_matching(self, query: str) -> float | None:
+        with self._lock:
+            recent = list(self._get(query).matching)
+        return statistics.median(recent) if recent else None

@@ -1,0 +1,103 @@
+"""approxql's planner: predict the fraction each query needs, go there in one step.
+
+An approximate feature's variance shrinks like (1 - p) / p. With the output change per standard
+error s_j from the secants, the output variance is about sum_q V_q (1 - p_q) / p_q * p0_q / (1 - p0_q)
+with V_q = sum of s_j^2 over the query's features. The cheapest fractions that bring it under
+sigma*^2 (the variance at which a normal output stays within delta with probability tau) follow
+from a Lagrangian: p_q proportional to sqrt(k_q / a_q), with a_q the query's cost per unit of
+fraction, clipped to [p_now, 1]. A query is computed exactly when that is predicted no dearer
+than sampling it further. Minimum support comes first.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import norm
+
+MARGIN = 1.25          # go a little past the predicted fraction: one round beats two
+EXACT_ABOVE = 0.5      # past half the rows, sampling costs about what exact costs
+
+
+@dataclass(frozen=True)
+class QueryPlanInput:
+    name: str
+    fraction: float
+    nested: bool
+    variance_share: float     # V_q: output variance per unit of the query's current error
+    needed: float             # fraction its minimum support needs (0 when trusted or ignored)
+    matching: float           # estimated matching rows
+    sample_ms_per_row: float
+    sample_overhead_ms: float
+    exact_ms: float           # predicted cost of computing it exactly
+
+
+def target_sigma(task: str, delta: float | None, tau: float, margin: float | None = None) -> float:
+    """Output standard deviation below which the bound holds for a normal output.
+    For classification ``margin`` is the label's probability lead over the decision boundary."""
+    if task == "regression":
+        return delta / norm.ppf((1 + tau) / 2)
+    return max(margin or 0.0, 1e-6) / norm.ppf(tau)
+
+
+def plan_fractions(queries: list[QueryPlanInput], sigma: float, *, stalled: bool) -> dict[str, float]:
+    """Next fraction per query (1.0 = exact). ``stalled``: the last plan did not reach the bound
+    although it predicted it would (a non-normal output): then the most sensitive query doubles."""
+    target = {q.name: q.fraction for q in queries}
+    for q in queries:                       # minimum support first
+        if q.needed > q.fraction:
+            target[q.name] = max(target[q.name], q.needed * MARGIN)
+    live = [q for q in queries if q.variance_share > 0 and q.fraction < 1.0]
+    if live:
+        k = {q.name: q.variance_share * q.fraction / max(1.0 - q.fraction, 1e-9) for q in live}
+        a = {q.name: max(q.sample_ms_per_row * q.matching, 1e-9) for q in live}
+        budget = sigma ** 2 + sum(k.values())
+        fixed: dict[str, float] = {}
+        for _ in range(len(live) + 1):      # water-filling: clip, then re-solve for the rest
+            free = [q for q in live if q.name not in fixed]
+            rest = budget - sum(k[n] / p for n, p in fixed.items())
+            if not free or rest <= 0:
+                for q in free:
+                    fixed[q.name] = 1.0
+                break
+            scale = sum(math.sqrt(k[q.name] * a[q.name]) for q in free) / rest
+            changed = False
+            for q in free:
+                p = math.sqrt(k[q.name] / a[q.name]) * scale
+                if p <= q.fraction or p >= 1.0:
+                    fixed[q.name] = min(max(p, q.fraction), 1.0)
+                    changed = True
+            if not changed:
+                for q in free:
+                    fixed[q.name] = math.sqrt(k[q.name] / a[q.name]) * scale
+                break
+        for name, p in fixed.items():
+            if p > target[name]:
+                target[name] = p * MARGIN
+        if stalled:
+            top = max(live, key=lambda q: q.variance_share)
+            target[top.name] = max(target[top.name], 2 * top.fraction)
+    out = {}
+    for q in queries:
+        p = min(target[q.name], 1.0)
+        if p > q.fraction:
+            extra = (p - q.fraction) if q.nested else p
+            if p >= EXACT_ABOVE or q.exact_ms <= q.sample_overhead_ms + q.sample_ms_per_row * q.matching * extra:
+                p = 1.0
+        out[q.name] = p
+    return out
+
+
+def stderr_ratio(p_from: float, p_to: float) -> float:
+    """How much a feature's standard error shrinks going from fraction p_from to p_to."""
+    if p_to >= 1.0:
+        return 0.0
+    return math.sqrt((1 - p_to) / p_to * p_from / (1 - p_from))
+
+
+def variance_shares(sensitivity: np.ndarray, inputs: list[str], query_features: dict[str, list[str]]) -> dict[str, float]:
+    """V_q per query: the sum of squared output changes per standard error of its inputs."""
+    index = {n: i for i, n in enumerate(inputs)}
+    return {q: float(sum(sensitivity[index[f]] ** 2 for f in feats if f in index))
+            for q, feats in query_features.items()}
