@@ -89,13 +89,6 @@ def plan_fractions(queries: list[QueryPlanInput], sigma: float, *, stalled: bool
     return out
 
 
-def stderr_ratio(p_from: float, p_to: float) -> float:
-    """How much a feature's standard error shrinks going from fraction p_from to p_to."""
-    if p_to >= 1.0:
-        return 0.0
-    return math.sqrt((1 - p_to) / p_to * p_from / (1 - p_from))
-
-
 def variance_shares(sensitivity: np.ndarray, inputs: list[str], query_features: dict[str, list[str]]) -> dict[str, float]:
     """V_q per query: the sum of squared output changes per standard error of its inputs."""
     index = {n: i for i, n in enumerate(inputs)}

@@ -16,7 +16,6 @@ from .features import FeatureState
 class Propagation:
     probability: float       # share of draws within the bound
     value: object            # prediction at the point estimates
-    spread: float            # std of the outputs (regression) or of the label's probability
 
 
 @lru_cache(maxsize=256)
@@ -43,12 +42,8 @@ def judge(out: ModelOutput, *, task: str, delta: float | None) -> Propagation:
     """Row 0 is the point prediction; the rest are draws."""
     y0, ys = out.values[0], out.values[1:]
     if task == "regression":
-        return Propagation(float(np.mean(np.abs(ys - y0) <= delta)), _scalar(y0), float(np.std(ys)))
-    same = ys == y0
-    spread = 0.0
-    if out.probabilities is not None:
-        spread = float(np.std(label_probability(out, y0)[1:]))
-    return Propagation(float(np.mean(same)), _scalar(y0), spread)
+        return Propagation(float(np.mean(np.abs(ys - y0) <= delta)), _scalar(y0))
+    return Propagation(float(np.mean(ys == y0)), _scalar(y0))
 
 
 def label_probability(out: ModelOutput, label) -> np.ndarray:
