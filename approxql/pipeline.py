@@ -93,8 +93,9 @@ class Pipeline:
 
         ``policy="biathlon"`` reproduces the original system's choices (the baseline).
         ``seed`` fixes every random choice, and a request plans from the pipeline's learned costs
-        and warm start as they were when it began: the same request, seed and pipeline state give
-        the same result. ``learn=False`` leaves that state as it was (a pure call)."""
+        and warm start as they were when it began: the same request, seed and pipeline state make
+        the same decisions (fractions, rounds, stop) and the same values, up to the last bits that
+        DuckDB's parallel summation order may change. ``learn=False`` leaves that state as it was."""
         from .controller import check_options, predict as run
         opts = check_options(task=self.task, tau=tau, delta=delta, seed=seed, policy=policy,
                              initial_fraction=initial_fraction, max_rounds=max_rounds, points=points,

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field, replace
 @dataclass
 class CostLog:
     """What one request observed: (query, rows, ms) per sampling run and exact run, and
-    (query, final fraction, matching rows) per query."""
+    (query, final fraction, matching rows, forced exact) per query."""
 
     sampling: list = field(default_factory=list)
     exact: list = field(default_factory=list)
     finished: list = field(default_factory=list)
+    matching: list = field(default_factory=list)   # (query, matching rows) known for exact runs
 
 
 @dataclass
@@ -64,6 +65,8 @@ class QueryCosts:
     exact: LinearCost = field(default_factory=lambda: LinearCost(0.5, 2e-5))
     finished: deque = field(default_factory=lambda: deque(maxlen=64))
     matching: deque = field(default_factory=lambda: deque(maxlen=64))
+    forced: deque = field(default_factory=lambda: deque(maxlen=8))   # finished exact because sampling could not
+
 
 
 class CostBook:
@@ -81,7 +84,8 @@ class CostBook:
         copy = CostBook()
         with self._lock:
             copy._queries = {name: QueryCosts(replace(q.sampling), replace(q.exact), deque(q.finished, 64),
-                                              deque(q.matching, 64)) for name, q in self._queries.items()}
+                                              deque(q.matching, 64), deque(q.forced, 8))
+                             for name, q in self._queries.items()}
         return copy
 
     def merge(self, log: "CostLog") -> None:
@@ -91,9 +95,10 @@ class CostBook:
                 self._get(query).sampling.add(rows, ms)
             for query, matching, ms in log.exact:
                 self._get(query).exact.add(matching, ms)
-            for query, fraction, matching in log.finished:
+            for query, fraction, matching, forced in log.finished:
                 q = self._get(query)
                 q.finished.append(fraction)
+                q.forced.append(forced)
                 if matching is not None:
                     q.matching.append(matching)
 
@@ -124,6 +129,13 @@ class CostBook:
         with self._lock:
             recent = list(self._get(query).finished)
         return statistics.median(recent) if len(recent) >= 3 else None
+
+    def sampling_impossible(self, query: str) -> bool:
+        """The last few requests all had to compute this query exactly (stale copy, rows in too
+        few blocks): start it exact."""
+        with self._lock:
+            recent = list(self._get(query).forced)[-3:]
+        return len(recent) == 3 and all(recent)
 
     def typical_matching(self, query: str) -> float | None:
         with self._lock:

@@ -6,6 +6,7 @@ fractions that should meet the bound -> repeat. Every stage is timed.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -19,7 +20,7 @@ from ..sampling import QuerySampler
 from . import biathlon
 from .costs import CostLog
 from .features import build_state
-from .options import DEFAULT_START, Options
+from .options import DEFAULT_START, WARM_CAP, Options
 from .planner import QueryPlanInput, plan_fractions, target_sigma, variance_shares
 from .propagation import propagate
 from .sensitivity import secant_sensitivity
@@ -34,7 +35,8 @@ def predict(pipe: "Pipeline", request: Mapping[str, Any], opts: Options) -> Pred
     clock = _Clock(stages)
     bound = bind_request(list(pipe.params), request)
     plans = pipe.sampling_plans(strategy=opts.strategy)
-    samplers = {q: QuerySampler(c, pipe.engine, bound, seed=opts.seed) for q, c in plans.items()}
+    seed = request_seed(bound, opts.seed)   # requests must not share a sample: their errors would be one
+    samplers = {q: QuerySampler(c, pipe.engine, bound, seed=seed) for q, c in plans.items()}
     book, log = pipe.costs.snapshot(), CostLog()   # plan from the state at the start; learn at the end
     targets = _start(book, samplers, opts)
     clock.lap("planning")
@@ -43,7 +45,7 @@ def predict(pipe: "Pipeline", request: Mapping[str, Any], opts: Options) -> Pred
     fixed = pipe.fixed_features(bound)
     clock.lap("queries")
     history: list[dict] = []
-    stop_reason, probability, value, stalled = "", 0.0, None, False
+    stop_reason, probability, value = "", 0.0, None
     with pipe.engine.cursor() as cur:
         for round_no in range(1, opts.max_rounds + 1):
             if round_no == opts.max_rounds and opts.policy == "approxql":
@@ -61,39 +63,17 @@ def predict(pipe: "Pipeline", request: Mapping[str, Any], opts: Options) -> Pred
                 probability, stop_reason = 1.0, "every feature is exact"
                 clock.lap("propagation")
                 break
-            if opts.policy == "biathlon":
-                groups = {q: np.array([i for i, n in enumerate(pipe.inputs) if n in r.values and state.stderr[i] > 0])
-                          for q, r in results.items() if not r.exact}
-                prop, indices = biathlon.saltelli(pipe.model, state, {g: v for g, v in groups.items() if len(v)},
-                                                  task=pipe.task, delta=opts.delta, seed=opts.seed + round_no)
-                clock.lap("propagation")
+            step = _biathlon_round if opts.policy == "biathlon" else _approxql_round
+            prop, plan_next = step(pipe, book, samplers, results, state, opts, round_no, history)
+            clock.lap("propagation")
+            entry["probability"] = None if prop is None else prop.probability   # None: not yet trusted
+            if prop is not None:
                 probability, value = prop.probability, prop.value
-                entry["probability"] = probability
                 if probability >= opts.tau:
                     stop_reason = f"probability {probability:.3f} >= tau {opts.tau}"
                     break
-                slopes = {q: book.sampling_ms(q, 1.0) - book.sampling_ms(q, 0.0) for q in samplers}
-                targets = biathlon.biathlon_step({q: s.fraction for q, s in samplers.items()}, indices, slopes)
-                clock.lap("planning")
-            else:
-                sens = secant_sensitivity(pipe.model, state, task=pipe.task)
-                needs = _needed(results, sens, pipe.inputs)
-                if any(needs[q] > samplers[q].fraction for q in samplers):
-                    entry["probability"] = None      # intervals not trusted yet: no propagation
-                    clock.lap("propagation")
-                else:
-                    prop = propagate(pipe.model, state, task=pipe.task, delta=opts.delta, points=opts.points,
-                                     seed=opts.seed + round_no)
-                    clock.lap("propagation")
-                    probability, value = prop.probability, prop.value
-                    entry["probability"] = probability
-                    if probability >= opts.tau:
-                        stop_reason = f"probability {probability:.3f} >= tau {opts.tau}"
-                        break
-                    stalled = len(history) > 1 and history[-2].get("planned_to_meet", False)
-                targets = _plan(pipe, book, samplers, results, sens, needs, state, opts, stalled)
-                entry["planned_to_meet"] = True
-                clock.lap("planning")
+            targets = plan_next()
+            clock.lap("planning")
             if opts.time_budget_ms is not None and (time.perf_counter() - t_start) * 1e3 >= opts.time_budget_ms:
                 stop_reason = f"time budget of {opts.time_budget_ms} ms spent"
                 value = value if value is not None else pipe.model_value(state.x0)
@@ -102,7 +82,9 @@ def predict(pipe: "Pipeline", request: Mapping[str, Any], opts: Options) -> Pred
             stop_reason = f"{opts.max_rounds} rounds (max_rounds) reached"
             value = pipe.model_value(state.x0)
     if opts.learn:
-        log.finished += [(q, s.fraction, _matching(results[q])) for q, s in samplers.items()]
+        seen = dict(log.matching)
+        log.finished += [(q, s.fraction, _matching(results[q]) or seen.get(q), s.fell_back)
+                         for q, s in samplers.items()]
         pipe.costs.merge(log)
     latency = (time.perf_counter() - t_start) * 1e3
     stages["other"] = max(latency - sum(stages.values()), 0.0)
@@ -116,6 +98,29 @@ def predict(pipe: "Pipeline", request: Mapping[str, Any], opts: Options) -> Pred
                       notes={q: s.note or c.describe() for (q, s), c in zip(samplers.items(), plans.values())})
 
 
+def _biathlon_round(pipe, book, samplers, results, state, opts: Options, round_no: int, history):
+    """Saltelli propagation (probability and Sobol indices per query), then the published step."""
+    groups = {q: np.array([i for i, n in enumerate(pipe.inputs) if n in r.values and state.stderr[i] > 0])
+              for q, r in results.items() if not r.exact}
+    prop, indices = biathlon.saltelli(pipe.model, state, {g: v for g, v in groups.items() if len(v)},
+                                      task=pipe.task, delta=opts.delta, seed=opts.seed + round_no)
+    slopes = {q: book.sampling_ms(q, 1.0) - book.sampling_ms(q, 0.0) for q in samplers}
+    return prop, lambda: biathlon.biathlon_step({q: s.fraction for q, s in samplers.items()}, indices, slopes)
+
+
+def _approxql_round(pipe, book, samplers, results, state, opts: Options, round_no: int, history):
+    """Secant sensitivity; minimum support first (no propagation while an interval is untrusted);
+    else Sobol propagation. The plan aims at the bound; a plan that missed it was 'stalled'."""
+    sens = secant_sensitivity(pipe.model, state, task=pipe.task)
+    needs = _needed(results, sens, pipe.inputs)
+    prop = None
+    if all(needs[q] <= samplers[q].fraction for q in samplers):
+        prop = propagate(pipe.model, state, task=pipe.task, delta=opts.delta, points=opts.points,
+                         seed=opts.seed + round_no)
+    stalled = prop is not None and len(history) > 1 and history[-2].get("probability") is not None
+    return prop, lambda: _plan(pipe, book, samplers, results, sens, needs, state, opts, stalled)
+
+
 def _exact_at_once(pipe, request, samplers, t_start, stages, opts: Options) -> Prediction:
     """Every query is predicted cheaper exact: one statement for all features, as predict_exact."""
     pred = pipe.predict_exact(request)
@@ -124,12 +129,27 @@ def _exact_at_once(pipe, request, samplers, t_start, stages, opts: Options) -> P
               "propagation": pred.stages_ms["model"]}
     stages["other"] = max(latency - sum(stages.values()), 0.0)
     if opts.learn:
-        log = CostLog(finished=[(q, 1.0, None) for q in samplers])
+        log = CostLog(finished=[(q, 1.0, None, book_forced) for q, book_forced in
+                                _forced_now(pipe, samplers).items()])
         pipe.costs.merge(log)
     reason = ("every feature is exact: initial_fraction=1" if opts.initial_fraction == 1 else
-              "every feature is exact: exact was predicted no dearer than sampling (warm start)")
+              "every feature is exact: each query was started exact (sampling it failed for recent "
+              "requests, or exact is predicted no dearer)")
     return replace(pred, latency_ms=latency, stages_ms=stages, stop_reason=reason,
                    notes={q: s.c.describe() for q, s in samplers.items()})
+
+
+def request_seed(bound: Mapping[str, Any], seed: int) -> int:
+    """A stable seed per (request, seed): the same request repeats its sample, different requests
+    sample independently (Python's own hash of a str changes between processes)."""
+    text = repr(sorted(bound.items())) + f"#{seed}"
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "big") % 2**31
+
+
+def _forced_now(pipe, samplers) -> dict[str, bool]:
+    """Queries started exact because sampling them keeps failing stay marked so."""
+    book = pipe.costs
+    return {q: (not s.c.sampled) or book.sampling_impossible(q) for q, s in samplers.items()}
 
 
 class _Clock:
@@ -151,12 +171,16 @@ def _start(book, samplers, opts: Options) -> dict[str, float]:
             targets[q] = 1.0
         elif opts.policy == "biathlon":
             targets[q] = biathlon.START
+        elif opts.initial_fraction is not None:
+            targets[q] = opts.initial_fraction
         else:
+            # near where recent requests finished, but never exact on that alone: a few requests
+            # that needed exact must not lock a query out of sampling; exact is a cost decision
             warm = book.warm_fraction(q)
-            p = opts.initial_fraction or (min(max(warm, 0.001), 1.0) if warm is not None else DEFAULT_START)
+            p = min(max(warm, 0.001), WARM_CAP) if warm is not None else DEFAULT_START
             matching = book.typical_matching(q)
-            if p >= 0.5 or (matching is not None and opts.initial_fraction is None
-                            and book.exact_ms(q, matching) <= book.sampling_ms(q, p * matching)):
+            if book.sampling_impossible(q) or (
+                    matching is not None and book.exact_ms(q, matching) <= book.sampling_ms(q, p * matching)):
                 p = 1.0
             targets[q] = p
     return targets
@@ -169,6 +193,8 @@ def _advance(book, log, samplers, targets, cur, clock) -> None:
         if p <= s.fraction:
             continue
         before = s.fraction
+        known = _matching(s.result()) if 0 < before < 1 else None   # this request's estimate so far
+        known = known or s.matching_hint
         t0 = time.perf_counter()
         s.advance(cur, p)
         ms = (time.perf_counter() - t0) * 1e3
@@ -178,9 +204,10 @@ def _advance(book, log, samplers, targets, cur, clock) -> None:
             rows = matching * ((s.fraction - before) if s.c.source.nested else s.fraction)
             log.sampling.append((q, rows, ms))
         elif s.fraction >= 1.0:
-            typical = book.typical_matching(q)
-            if typical is not None:
-                log.exact.append((q, typical, ms))
+            matching = known or book.typical_matching(q)
+            if matching is not None:
+                log.exact.append((q, matching, ms))
+                log.matching.append((q, matching))
     clock.lap("queries")
 
 

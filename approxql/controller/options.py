@@ -10,6 +10,7 @@ from ..sampling import STRATEGIES
 POLICIES = ("approxql", "biathlon")
 DEFAULT_POINTS = 256
 DEFAULT_START = 0.02
+WARM_CAP = 0.25      # a warm start never begins above this fraction on warm history alone
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,8 @@ class QuerySampler:
         self.value_fraction: dict[int, float] = {}
         self.exact_values: dict[str, Any] = {}
         self.note = compiled.note
+        self.fell_back = False          # sampling was tried and had to give way to exact
+        self.matching_hint = None       # matching rows seen by a sample that then fell back
         self._value_terms = [t for t, term in enumerate(compiled.plan.terms) if term.is_quantile]
 
     @property
@@ -173,6 +175,10 @@ class QuerySampler:
             row = cur.execute(stmt.sql, {**bound, **stmt.extra_params}).fetchall()[0]
         except duckdb.Error as e:
             raise QueryError(f"sampling query {self.c.query.name} failed: {str(e).splitlines()[0]}") from e
+        if stmt.clustered:
+            self.matching_hint = float(row[1] or 0) / p   # column 0 summed over blocks: matching rows
+        elif row[0]:
+            self.matching_hint = float(row[0]) / p
         if check and row[-1] != source.prepared.source_rows:
             self._fall_back(cur, f"the prepared copy of {source.prepared.source} is stale (source has {row[-1]:,} "
                                  f"rows, copy {source.prepared.source_rows:,}); computed exactly — run "
@@ -202,7 +208,7 @@ class QuerySampler:
         self.fraction = p
 
     def _fall_back(self, cur, why: str) -> None:
-        self.note = why
+        self.note, self.fell_back = why, True
         self.exact_values = self.engine.exact_features(self.c.exact, self.params)
         self.fraction = 1.0
 
