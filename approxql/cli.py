@@ -43,8 +43,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return _COMMANDS[args.command](args)
-    except ApproxQLError as e:
+    except (ApproxQLError, OSError) as e:
         print(f"approxql: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a database that cannot be opened, and the like: one line, no traceback
+        import duckdb
+        if not isinstance(e, duckdb.Error):
+            raise
+        print(f"approxql: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
         return 2
 
 
@@ -61,6 +67,7 @@ def _predict(args) -> int:
 
     from .pipeline import load_pipeline
     request = _parse_request(args)
+    _require_file(args.db)
     with duckdb.connect(args.db, read_only=True) as con:
         pipe = load_pipeline(args.pipeline, con=con)
         pred = pipe.predict_exact(request)
@@ -78,13 +85,14 @@ def _prepare(args) -> int:
     import duckdb
 
     from .sampling import prepare
+    _require_file(args.db)  # never create an empty database as a side effect
     by = [c.strip() for c in args.by.split(",") if c.strip()]
     print(f"preparing {args.table} (sorted by {', '.join(by)}, then a random key) ...", flush=True)
     t0 = time.perf_counter()
     with duckdb.connect(args.db) as con:
         prepared = prepare(con, args.table, by, seed=args.seed)
     print(f"wrote {prepared.copy}: {prepared.source_rows:,} rows in {time.perf_counter() - t0:.1f} s; "
-          f"pipelines reading {args.table} now sample it")
+          f"pipelines loaded from now on sample {args.table} through it")
     return 0
 
 
@@ -93,6 +101,7 @@ def _check(args) -> int:
     spec = read_pipeline_file(args.pipeline)
     if args.db:
         import duckdb
+        _require_file(args.db)
 
         from .pipeline import Pipeline
         from .engines import DuckDBEngine
@@ -101,6 +110,12 @@ def _check(args) -> int:
     print(f"{spec.path}: pipeline {spec.name!r} ok: {spec.task}, {len(spec.params)} params, "
           f"{len(spec.queries)} statements ({len(spec.aggregate_queries)} aggregate), {len(spec.inputs)} inputs")
     return 0
+
+
+def _require_file(path: str) -> None:
+    from pathlib import Path
+    if not Path(path).is_file():
+        raise OSError(f"database file {path} not found")
 
 
 def _parse_request(args) -> dict:

@@ -104,6 +104,11 @@ class OnnxModel:
         return ModelOutput(values, probabilities, classes)
 
 
+def scalar(v):
+    """A numpy scalar as the plain Python value (labels and predictions leave the package plain)."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
 def _dtype(spec, path: Path):
     if spec.type not in _NUMPY_OF:
         raise ModelError(f"model {path.name} input {spec.name!r} has type {spec.type}; approxql feeds float or double")

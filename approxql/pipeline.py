@@ -14,9 +14,10 @@ import pyarrow.compute as pc
 from .engines import DuckDBEngine, Engine
 from .errors import ApproxQLError, ModelError, NullFeatureError, RequestError
 from .controller.costs import CostBook
-from .model import OnnxModel
+from .model import OnnxModel, scalar
 from .params import bind_request
 from .pipeline_file import PipelineSpec, read_pipeline_file
+from .plan import QueryKind
 from .prediction import Prediction
 
 
@@ -46,9 +47,9 @@ class Pipeline:
         engine.check_tables(spec.queries)
         self._exact = engine.compile_exact(spec.queries)
         self._exact_batch = None
-        self._sampling = None
+        self._sampling: dict[str, dict] = {}     # strategy -> query name -> CompiledQuery
         self._sampling_lock = threading.Lock()
-        cheap = [q for q in spec.queries if q not in spec.aggregate_queries]
+        cheap = [q for q in spec.queries if q.kind is not QueryKind.AGGREGATE]
         self._fixed = engine.compile_exact(cheap) if cheap else None
         self.costs = CostBook()
 
@@ -73,7 +74,7 @@ class Pipeline:
         out = self.model.run(x)
         t2 = time.perf_counter()
         rates = {q.name: 1.0 for q in self.spec.aggregate_queries}
-        return Prediction(value=_scalar(out.values[0]), probability=1.0, exact=True, features=features,
+        return Prediction(value=scalar(out.values[0]), probability=1.0, exact=True, features=features,
                           rates=rates, rounds=1, latency_ms=(t2 - t0) * 1e3, met_bound=True,
                           stages_ms={"queries": (t1 - t0) * 1e3, "model": (t2 - t1) * 1e3})
 
@@ -110,15 +111,15 @@ class Pipeline:
         return self.engine.exact_features(self._fixed, bound) if self._fixed is not None else {}
 
     def check_nulls(self, results, fixed: Mapping[str, Any]) -> None:
-        """Raise NullFeatureError for an exactly known NULL input that has no fill value."""
+        """Raise as predict_exact does for an exactly known input that is NULL without a fill
+        value, or not a number (sampled features are checked once they are exact)."""
         known = dict(fixed)
         for r in results.values():
-            if r.exact:
-                known.update(r.values)
+            known.update({n: v for n, v in r.values.items() if r.exact or n in r.reasons})
         self._model_features({n: (known[n] if n in known else 0.0) for n in self.inputs})
 
     def model_value(self, x: np.ndarray):
-        return _scalar(self.model.run(np.asarray(x, dtype=np.float64)[None, :]).values[0])
+        return scalar(self.model.run(np.asarray(x, dtype=np.float64)[None, :]).values[0])
 
     def label_margin(self, x: np.ndarray) -> float | None:
         """How far the predicted label's probability leads the runner-up's, halved (None without probabilities)."""
@@ -133,18 +134,17 @@ class Pipeline:
         """How each aggregate query is sampled (built once: it reads each table's tail statistics)."""
         from .sampling import compile_query
         with self._sampling_lock:
-            if self._sampling is None or self._sampling[0] != strategy:
+            if strategy not in self._sampling:
                 con = getattr(self.engine, "con", None)
-                plans = {q.name: compile_query(self.engine, con, q, strategy=strategy)
-                         for q in self.spec.aggregate_queries}
-                self._sampling = (strategy, plans)
-            return self._sampling[1]
+                self._sampling[strategy] = {q.name: compile_query(self.engine, con, q, strategy=strategy)
+                                            for q in self.spec.aggregate_queries}
+            return self._sampling[strategy]
 
     def explain_sampling(self) -> str:
         """Which feature queries are sampled and how, and which features are computed exactly and why."""
         lines = [f"pipeline {self.name}:"]
         lines += ["  " + c.describe() for c in self.sampling_plans().values()]
-        others = [q for q in self.spec.queries if q not in self.spec.aggregate_queries]
+        others = [q for q in self.spec.queries if q.kind is not QueryKind.AGGREGATE]
         lines += [f"  {q.name} (line {q.line}): {q.kind.value} query, exact and cheap" for q in others]
         return "\n".join(lines)
 
@@ -194,7 +194,3 @@ def requests_table(spec: PipelineSpec, requests) -> pa.Table:
         except RequestError as e:
             raise RequestError(f"request {i}: {e}") from None
     return pa.Table.from_pylist(bound, schema=pa.schema([(p.name, p.arrow_type) for p in spec.params]))
-
-
-def _scalar(v):
-    return v.item() if isinstance(v, np.generic) else v

@@ -40,10 +40,6 @@ class FeatureQuery:
 class PlanError(ValueError):
     """A statement cannot be a feature query; the pipeline loader adds file and line."""
 
-    def __init__(self, message: str, line_offset: int = 0):
-        super().__init__(message)
-        self.line_offset = line_offset
-
 
 def build_query(name: str, statement: exp.Expression, params: list[Param], line: int) -> FeatureQuery:
     """Validate one parsed statement and describe it as a FeatureQuery."""

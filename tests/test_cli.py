@@ -91,3 +91,12 @@ def test_demo_on_real_flights(tmp_path):
     out2 = io.StringIO()
     demo.run(tmp_path / "flights.duckdb", n_requests=2, root=tmp_path, out=out2)
     assert "building" not in out2.getvalue() and "training" not in out2.getvalue()
+
+
+def test_a_missing_database_is_a_clear_error(write_pipeline, tmp_path, capsys):
+    path = write_pipeline()
+    missing = tmp_path / "nope.duckdb"
+    for args in (["predict", str(path), "--db", str(missing), "store=a", "day=2024-01-01", "price=1"],
+                 ["check", str(path), "--db", str(missing)], ["prepare", "t", "--db", str(missing), "--by", "k"]):
+        assert main(args) == 2
+        assert "database file" in capsys.readouterr().err and not missing.exists()

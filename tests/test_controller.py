@@ -210,3 +210,34 @@ def test_bad_options(world, kwargs, message):
     with pytest.raises(OptionError) as info:
         pipe.predict(world["requests"].to_pylist()[0], **kwargs)
     assert message in str(info.value)
+
+
+def test_planner_plans_meet_their_bound():
+    from approxql.controller.planner import QueryPlanInput, plan_fractions, predicted_variance
+    rng = np.random.default_rng(5)
+    for _ in range(2000):
+        queries = [QueryPlanInput(f"q{i}", float(rng.uniform(0.01, 0.9)), True, float(rng.uniform(0, 500)), 0.0,
+                                  1e6, float(rng.uniform(1e-6, 1e-4)), 0.5, 1e9) for i in range(3)]
+        sigma = float(rng.uniform(0.5, 10))
+        plan = plan_fractions(queries, sigma, stalled=False)
+        assert all(plan[q.name] >= q.fraction for q in queries)
+        assert predicted_variance(queries, plan) <= sigma ** 2 * (1 + 1e-9)
+
+
+def test_lookup_nulls_follow_fill_in_predict(world):
+    con = world["con"]
+    con.execute("CREATE OR REPLACE TABLE boosts AS SELECT 1 AS entity, 2.5 AS boost")
+    root = world["root"]
+    text = PIPELINE.format(model="lookup.onnx", task="regression", delta=1.0).replace(
+        "avg_d, x\n", "avg_d, boost\n").replace("SELECT $x AS x;", "SELECT boost FROM boosts WHERE entity = $entity;")
+    X = world["X"].copy()
+    export_onnx(LinearRegression().fit(X, X @ [1, 1, 0, 1, 0, 3]), 6, root / "lookup.onnx", "regression")
+    (root / "lookup.sql").write_text(text.replace("-- delta: 1.0", "-- delta: 1.0\n-- fill: boost=0"))
+    pipe = approxql.load_pipeline(root / "lookup.sql", con=con, warm=True)
+    r = {k: v for k, v in world["requests"].to_pylist()[0].items()}
+    r["entity"] = 7                                         # no boosts row: NULL, filled with 0
+    assert pipe.predict(r).features["boost"] == 0.0 == pipe.predict_exact(r).features["boost"]
+    (root / "lookup.sql").write_text(text)
+    strict = approxql.load_pipeline(root / "lookup.sql", con=con)
+    with pytest.raises(approxql.NullFeatureError, match="boost"):
+        strict.predict(r)

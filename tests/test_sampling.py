@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 import duckdb
+import sqlglot
 import numpy as np
 import pytest
 
@@ -25,7 +26,8 @@ AGGREGATES = """
 
 
 def query(select_items: str = AGGREGATES, where: str = "k = $k", table: str = "t"):
-    text = HEADER.format(first="n" if "AS n," in select_items else "a") + f"SELECT {select_items} FROM {table} WHERE {where};"
+    first = sqlglot.parse_one(f"SELECT {select_items}", read="duckdb").expressions[0].alias_or_name
+    text = HEADER.format(first=first) + f"SELECT {select_items} FROM {table} WHERE {where};"
     return parse_pipeline(text).queries[0]
 
 
@@ -263,3 +265,49 @@ def test_pipeline_explains_sampling(tmp_path, db_path, linear_model):
     assert "q1 (line 6): sampled with TABLESAMPLE SYSTEM on sales" in text
     assert "n_sales computed exactly: COUNT(DISTINCT ...) has no honest sampling interval" in text
     assert "q2 (line 10): request query, exact and cheap" in text
+
+
+def test_aliases_views_and_qualified_tables(db):
+    db.execute("CREATE OR REPLACE VIEW tv AS SELECT * FROM t")
+    params = {"k": 1, "lim": 0.0}
+    cases = {"t AS f": ("AVG(f.x) AS a", "f.k = $k", True), "tv": ("AVG(x) AS a", "k = $k", False),
+             "main.t": ("AVG(x) AS a", "k = $k", False)}
+    for table, (items, where, sampled) in cases.items():
+        q = query(items, where, table=table)
+        compiled, sampler = run(db, q, "system", params, [0.2])
+        r = sampler.result()
+        assert compiled.sampled == sampled, (table, compiled.note)
+        truth = exact_row(db, q, params)["a"]
+        assert abs(r.values["a"] - truth) <= 5 * r.stderr["a"] if sampled else r.values["a"] == pytest.approx(truth)
+
+
+def test_block_sampled_quantile_with_blocks_of_nulls(tmp_path):
+    con = duckdb.connect()
+    con.execute("SET threads = 1")
+    con.execute("CREATE TABLE t AS SELECT 1 AS k, CASE WHEN i % 8192 < 2048 THEN NULL ELSE i % 997 END AS x "
+                "FROM range(2000000) r(i)")  # every fourth block has no value at all
+    q = query("MEDIAN(x) AS med")
+    _, sampler = run(con, q, "system", {"k": 1, "lim": 0.0}, [0.2])
+    r = sampler.result()
+    assert abs(r.values["med"] - exact_row(con, q, {"k": 1, "lim": 0.0})["med"]) <= 5 * max(r.stderr["med"], 1.0)
+
+
+def test_a_cast_to_an_integer_is_computed_exactly(db):
+    q = query("CAST(AVG(x) AS INTEGER) AS ai, CAST(AVG(x) AS DOUBLE) AS ad")
+    _, sampler = run(db, q, "system", {"k": 1, "lim": 0.0}, [0.2])
+    r = sampler.result()
+    assert r.stderr["ai"] == 0.0 and "not to a floating-point type" in r.reasons["ai"]
+    assert r.values["ai"] == exact_row(db, q, {"k": 1, "lim": 0.0})["ai"] and r.stderr["ad"] > 0
+
+
+def test_ratio_keeps_its_covariance_in_a_wide_query(db):
+    """Past 8 contribution columns only products within a feature are summed: a ratio's
+    numerator and denominator must still be (its standard error must not change)."""
+    prepare(db, "t", by=["k"])
+    narrow = query("SUM(x) / SUM(w) AS r")
+    wide = query("SUM(x) / SUM(w) AS r, AVG(y) AS a1, VAR_POP(y) AS a2, AVG(g) AS a3, COUNT(y) AS a4")
+    params = {"k": 1, "lim": 0.0}
+    se = [run(db, q, "prepared", params, [0.05])[1].result().stderr["r"] for q in (narrow, wide)]
+    compiled = compile_query(DuckDBEngine(db), db, wide, strategy="prepared")
+    assert len(compiled.layout.columns) - 1 > 8
+    assert se[1] == pytest.approx(se[0], rel=1e-6)

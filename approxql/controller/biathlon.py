@@ -8,11 +8,10 @@ remaining fraction) receives the whole step of 1 % x number of queries.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import norm, qmc
 
-from ..model import OnnxModel
+from ..model import ModelOutput, OnnxModel
 from .features import FeatureState
-from .propagation import Propagation, judge
+from .propagation import Propagation, judge, normal_draws
 
 START = 0.05
 STEP = 0.01
@@ -24,8 +23,7 @@ def saltelli(model: OnnxModel, state: FeatureState, groups: dict[str, np.ndarray
     """Probability from the A sample, and the first-order Sobol index of each group of inputs
     (Saltelli 2010: S_g = mean(f(B) (f(A_B^g) - f(A))) / Var f)."""
     d = len(state.x0)
-    u = qmc.Sobol(2 * d, scramble=True, seed=np.random.default_rng(seed)).random(BASE_POINTS)
-    z = norm.ppf(np.clip(u, 1e-12, 1 - 1e-12))
+    z = normal_draws(2 * d, BASE_POINTS, seed)
     za, zb = z[:, :d], z[:, d:]
     names = list(groups)
     mats = [state.draw(za), state.draw(zb)]
@@ -42,7 +40,6 @@ def saltelli(model: OnnxModel, state: FeatureState, groups: dict[str, np.ndarray
     for i, g in enumerate(names):
         yab = y[1 + (2 + i) * m:1 + (3 + i) * m]
         indices[g] = float(np.mean(yb * (yab - ya)) / var) if var > 0 else 0.0
-    from ..model import ModelOutput
     head = ModelOutput(out.values[:1 + m], None if out.probabilities is None else out.probabilities[:1 + m], out.classes)
     return judge(head, task=task, delta=delta), indices
 

@@ -39,9 +39,9 @@ def build_state(inputs, results: dict[str, QueryResult], fixed: dict[str, float]
     x0 = np.zeros(len(inputs))
     se = np.zeros(len(inputs))
     blocks = []
-    for name in inputs:
+    for name in inputs:                  # lookups and request-only features, NULL checked before
         if name in fixed:
-            x0[index[name]] = fixed[name]
+            x0[index[name]] = fill[name] if fixed[name] is None else float(fixed[name])
     for r in results.values():
         names = [n for n in r.values if n in index]
         for n in names:

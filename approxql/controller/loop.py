@@ -52,9 +52,9 @@ def predict(pipe: "Pipeline", request: Mapping[str, Any], opts: Options) -> Pred
                 targets = {q: 1.0 for q in targets}          # the last allowed round is exact
             _advance(book, log, samplers, targets, cur, clock)
             results = {q: s.result() for q, s in samplers.items()}
+            pipe.check_nulls(results, fixed)
             state = build_state(pipe.inputs, results, fixed, pipe.spec.fill)
             clock.lap("estimation")
-            pipe.check_nulls(results, fixed)
             entry = {"round": round_no, "fractions": {q: s.fraction for q, s in samplers.items()}}
             history.append(entry)
             waiting = any(r.feature_needed.get(f, 0.0) > r.fraction for r in results.values() for f in r.values)
@@ -73,10 +73,12 @@ def predict(pipe: "Pipeline", request: Mapping[str, Any], opts: Options) -> Pred
                     stop_reason = f"probability {probability:.3f} >= tau {opts.tau}"
                     break
             targets = plan_next()
+            if all(targets[q] <= s.fraction for q, s in samplers.items()):  # a plan that reads nothing more
+                targets = {q: 1.0 for q in samplers}                          # cannot help: finish exactly
             clock.lap("planning")
             if opts.time_budget_ms is not None and (time.perf_counter() - t_start) * 1e3 >= opts.time_budget_ms:
                 stop_reason = f"time budget of {opts.time_budget_ms} ms spent"
-                value = value if value is not None else pipe.model_value(state.x0)
+                value = pipe.model_value(state.x0)   # the prediction from this round's features
                 break
         else:
             stop_reason = f"{opts.max_rounds} rounds (max_rounds) reached"
@@ -90,7 +92,7 @@ def predict(pipe: "Pipeline", request: Mapping[str, Any], opts: Options) -> Pred
     stages["other"] = max(latency - sum(stages.values()), 0.0)
     features = {n: float(state.x0[i]) for i, n in enumerate(pipe.inputs)}
     stderr = {n: float(state.stderr[i]) for i, n in enumerate(pipe.inputs)}
-    exact = bool(np.all(state.stderr == 0))
+    exact = all(r.exact for r in results.values())
     return Prediction(value=value, probability=probability, exact=exact, features=features,
                       rates={q: s.fraction for q, s in samplers.items()}, rounds=len(history), latency_ms=latency,
                       met_bound=probability >= opts.tau, stages_ms=dict(stages), stderr=stderr,
@@ -194,10 +196,10 @@ def _advance(book, log, samplers, targets, cur, clock) -> None:
             continue
         before = s.fraction
         known = _matching(s.result()) if 0 < before < 1 else None   # this request's estimate so far
-        known = known or s.matching_hint
         t0 = time.perf_counter()
         s.advance(cur, p)
         ms = (time.perf_counter() - t0) * 1e3
+        known = known or s.matching_hint   # set by a sample that then had to give way to exact
         r = s.result() if s.fraction < 1.0 else None
         if r is not None and r.support:
             matching = r.support / s.fraction
@@ -243,6 +245,4 @@ def _plan(pipe, book, samplers, results, sens, needs, state, opts: Options, stal
 
 
 def _matching(r) -> float | None:
-    if r.exact or not r.support or r.fraction <= 0:
-        return None
-    return r.support / r.fraction
+    return None if r.exact else r.matching

@@ -54,24 +54,26 @@ def plan_fractions(queries: list[QueryPlanInput], sigma: float, *, stalled: bool
         a = {q.name: max(q.sample_ms_per_row * q.matching, 1e-9) for q in live}
         budget = sigma ** 2 + sum(k.values())
         fixed: dict[str, float] = {}
-        for _ in range(len(live) + 1):      # water-filling: clip, then re-solve for the rest
+        while True:                          # water-filling: clip one side at a time, re-solve the rest
             free = [q for q in live if q.name not in fixed]
+            if not free:
+                break
             rest = budget - sum(k[n] / p for n, p in fixed.items())
-            if not free or rest <= 0:
-                for q in free:
-                    fixed[q.name] = 1.0
+            if rest <= 0:
+                fixed.update({q.name: 1.0 for q in free})
                 break
             scale = sum(math.sqrt(k[q.name] * a[q.name]) for q in free) / rest
-            changed = False
-            for q in free:
-                p = math.sqrt(k[q.name] / a[q.name]) * scale
-                if p <= q.fraction or p >= 1.0:
-                    fixed[q.name] = min(max(p, q.fraction), 1.0)
-                    changed = True
-            if not changed:
-                for q in free:
-                    fixed[q.name] = math.sqrt(k[q.name] / a[q.name]) * scale
-                break
+            p = {q.name: math.sqrt(k[q.name] / a[q.name]) * scale for q in free}
+            over = [q for q in free if p[q.name] >= 1.0]
+            if over:                         # these go exact; the others must then carry more
+                fixed.update({q.name: 1.0 for q in over})
+                continue
+            under = [q for q in free if p[q.name] <= q.fraction]
+            if under:                        # already below what they have: keep what they have
+                fixed.update({q.name: q.fraction for q in under})
+                continue
+            fixed.update(p)
+            break
         for name, p in fixed.items():
             if p > target[name]:
                 target[name] = p * MARGIN
@@ -87,6 +89,16 @@ def plan_fractions(queries: list[QueryPlanInput], sigma: float, *, stalled: bool
                 p = 1.0
         out[q.name] = p
     return out
+
+
+def predicted_variance(queries: list[QueryPlanInput], fractions: dict[str, float]) -> float:
+    """Output variance the planner expects at ``fractions`` (variance shrinks like (1 - p) / p)."""
+    total = 0.0
+    for q in queries:
+        p = fractions.get(q.name, q.fraction)
+        if p < 1.0 and q.variance_share > 0:
+            total += q.variance_share * (1 - p) / p * q.fraction / (1 - q.fraction)
+    return total
 
 
 def variance_shares(sensitivity: np.ndarray, inputs: list[str], query_features: dict[str, list[str]]) -> dict[str, float]:

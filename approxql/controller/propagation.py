@@ -8,7 +8,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.stats import norm, qmc
 
-from ..model import ModelOutput, OnnxModel
+from ..model import ModelOutput, OnnxModel, scalar
 from .features import FeatureState
 
 
@@ -42,8 +42,8 @@ def judge(out: ModelOutput, *, task: str, delta: float | None) -> Propagation:
     """Row 0 is the point prediction; the rest are draws."""
     y0, ys = out.values[0], out.values[1:]
     if task == "regression":
-        return Propagation(float(np.mean(np.abs(ys - y0) <= delta)), _scalar(y0))
-    return Propagation(float(np.mean(ys == y0)), _scalar(y0))
+        return Propagation(float(np.mean(np.abs(ys - y0) <= delta)), scalar(y0))
+    return Propagation(float(np.mean(ys == y0)), scalar(y0))
 
 
 def label_probability(out: ModelOutput, label) -> np.ndarray:
@@ -54,7 +54,3 @@ def label_probability(out: ModelOutput, label) -> np.ndarray:
     rows = np.flatnonzero(out.values == label)
     col = int(np.bincount(np.argmax(proba[rows], axis=1)).argmax()) if len(rows) else int(np.argmax(proba[0]))
     return proba[:, col]
-
-
-def _scalar(v):
-    return v.item() if isinstance(v, np.generic) else v

@@ -21,7 +21,6 @@ class Compiled:
     sql: str
     queries: tuple[FeatureQuery, ...]
     params: tuple[str, ...]   # request parameters the statement binds
-    batch: bool               # True: reads requests from a relation instead of parameters
 
 
 class Engine(ABC):
@@ -29,6 +28,10 @@ class Engine(ABC):
 
     name: str = "engine"
     dialect: str = "duckdb"   # sqlglot dialect the engine's SQL is generated in
+
+    @abstractmethod
+    def cursor(self):
+        """A handle of its own for one call (DuckDB: a cursor), usable as a context manager."""
 
     @abstractmethod
     def check_tables(self, queries: Sequence[FeatureQuery]) -> None:

@@ -75,14 +75,14 @@ class DuckDBEngine(Engine):
             base = f"(SELECT * FROM __approxql_requests) AS __r"
             joins = [f"LEFT JOIN LATERAL ({_bind_to_columns(q.select).sql(self.dialect)}) AS {q.name} ON TRUE"
                      for q in queries]
-            cols = ", ".join(f"{q.name}.{_quote(f)}" for q in queries for f in q.features)
+            cols = ", ".join(f"{q.name}.{quote(f)}" for q in queries for f in q.features)
             sql = f"SELECT {cols} FROM {base} {' '.join(joins)} ORDER BY __r.{_ROW_ID}"
         else:
             joins = [f"LEFT JOIN ({q.sql(self.dialect)}) AS {q.name} ON TRUE" for q in queries]
-            cols = ", ".join(f"{q.name}.{_quote(f)}" for q in queries for f in q.features)
+            cols = ", ".join(f"{q.name}.{quote(f)}" for q in queries for f in q.features)
             sql = f"SELECT {cols} FROM (SELECT 1) AS __one {' '.join(joins)}"
         params = tuple(dict.fromkeys(p for q in queries for p in q.params))
-        return Compiled(sql, tuple(queries), params, batch)
+        return Compiled(sql, tuple(queries), params)
 
     def _too_many_rows(self, queries, params) -> str:
         """Name the lookup that returned several rows (a rare path: one query per lookup)."""
@@ -109,7 +109,8 @@ def _used_params(queries: Sequence[FeatureQuery], params: Mapping[str, Any]) -> 
     return {k: params[k] for q in queries for k in q.params}
 
 
-def _quote(name: str) -> str:
+def quote(name: str) -> str:
+    """Quote an identifier (table or column) for DuckDB."""
     return '"' + name.replace('"', '""') + '"'
 
 

@@ -71,11 +71,14 @@ def sample_quantile(values_sorted: np.ndarray, q: float, method: str = "cont") -
 
 
 def quantile_interval(values_sorted: np.ndarray, q: float, level: float = 0.95) -> ConfidenceInterval:
-    """Order-statistic (binomial) interval [x_(l), x_(u+1)] for the population q-quantile.
+    """Order-statistic interval for the population q-quantile.
 
-    l = binom.ppf(alpha/2, n, q), u = binom.ppf(1 - alpha/2, n, q) (1-based order
-    statistics); coverage P(l <= B <= u) >= level for B ~ Bin(n, q).  Where the
-    needed order statistic does not exist (small n, extreme q) the bound is
+    With n q (1 - q) >= 10 the bounds are the sample's values interpolated at the positions
+    q (n - 1) -/+ z sqrt(n q (1 - q)): whole-rank (binomial) bounds are conservative by up to one
+    binomial probability per side, about 0.04 at n = 1000, q = 0.9 (measured coverage 0.983),
+    and interpolating between neighbouring ranks takes that back. Smaller samples keep the exact
+    binomial ranks [x_(l), x_(u+1)], l = binom.ppf(alpha/2), u = binom.ppf(1 - alpha/2): coverage
+    >= level. Where the needed order statistic does not exist (small n, extreme q) the bound is
     -inf / +inf: the sample cannot bound the quantile there.
     """
     q = _check_q(q)
@@ -91,6 +94,14 @@ def quantile_interval(values_sorted: np.ndarray, q: float, level: float = 0.95) 
     if n > 1 and np.any(v[1:] < v[:-1]):
         raise ValueError("values_sorted must be sorted ascending (use np.sort first)")
     alpha = 1.0 - level
+    spread = n * q * (1.0 - q)
+    if spread >= 10.0:
+        half = z_value(level) * math.sqrt(spread)
+        centre = q * (n - 1)
+        positions = np.arange(n)
+        low = float(np.interp(centre - half, positions, v)) if centre - half >= 0 else -math.inf
+        high = float(np.interp(centre + half, positions, v)) if centre + half <= n - 1 else math.inf
+        return ConfidenceInterval(low, high)
     lo = int(binom.ppf(alpha / 2.0, n, q))
     hi = int(binom.ppf(1.0 - alpha / 2.0, n, q))
     low = float(v[lo - 1]) if lo >= 1 else -math.inf
@@ -109,8 +120,9 @@ def quantile_estimate(
 ) -> QuantileEstimate:
     """Sample quantile of a uniform row sample (NaN = NULL, ignored as DuckDB does) with its interval.
 
-    stderr is normal-equivalent, (high - low) / (2 z_level), so code that only
-    understands normal errors gets the right width; both stderr and the interval
+    stderr is normal-equivalent: the wider side of the interval, max(high - value, value - low)
+    / z_level, so a symmetric normal interval contains the (asymmetric) order-statistic one (half
+    the width was measured to under-cover: 0.90 for a 0.25-quantile); both stderr and the interval
     are shrunk around the value by sqrt(1 - n/population) if population is given,
     else sqrt(1 - p) (finite-population correction).  Exact at p == 1.
     """
@@ -139,7 +151,7 @@ def quantile_estimate(
     s = math.sqrt(fpc)
     low = min(value, value + s * (raw.low - value))
     high = max(value, value + s * (raw.high - value))
-    se = s * (raw.high - raw.low) / (2.0 * z)
+    se = max(high - value, value - low) / z
     return QuantileEstimate(value, se, False, n, ConfidenceInterval(low, high), level)
 
 
@@ -188,7 +200,7 @@ def woodruff_quantile(
     above 1 gives high = +inf: the sample extremes do not bound the population's.
     Fewer than two sampled clusters (at p < 1) give (-inf, +inf), as the variance
     cannot be estimated from one cluster.  stderr is normal-equivalent,
-    (high - low) / (2 z) (inf if a bound is infinite).  Exact at p == 1.
+    max(high - value, value - low) / z (inf if a bound is infinite).  Exact at p == 1.
     support is the number of non-null values; clusters the number of clusters
     with at least one non-null value.
     """
@@ -227,5 +239,5 @@ def woodruff_quantile(
     high = sample_quantile(v, q_hi, method) if q_hi < 1.0 else math.inf
     # Q is monotone, but keep the estimate inside its interval against rounding.
     low, high = min(low, value), max(high, value)
-    se = (high - low) / (2.0 * z) if math.isfinite(low) and math.isfinite(high) else math.inf
+    se = max(high - value, value - low) / z if math.isfinite(low) and math.isfinite(high) else math.inf
     return QuantileEstimate(value, se, False, n, ConfidenceInterval(low, high), level, k)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from ..engines.duckdb import quote  # noqa: F401  (re-exported for the strategies)
 from .layout import MomentLayout
 from .terms import AggregatePlan, Term
 
@@ -39,11 +40,6 @@ class SampleSource(ABC):
 
     def describe(self) -> str:
         return self.name
-
-
-def quote(name: str) -> str:
-    """Quote an identifier (table or column) for DuckDB."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def value_condition(term: Term) -> str:

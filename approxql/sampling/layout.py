@@ -105,10 +105,13 @@ class MomentLayout:
                     same_as[(y, y)] = y2
             slots.append(TermSlots(nn, y, y2, shift))
         k = len(columns)
+        # which features read each column: a feature's columns must be summed pairwise (a ratio's
+        # numerator and denominator covary), whatever the number of columns
+        feature_of = [{f for f, feat in enumerate(plan.features) if terms & set(feat.terms)} for terms in owner]
         if k - 1 <= FULL_COVARIANCE_MAX_COLUMNS:
             pairs = [(i, j) for i in range(1, k) for j in range(i, k)]
         else:
-            pairs = [(i, j) for i in range(1, k) for j in range(i, k) if owner[i] & owner[j]]
+            pairs = [(i, j) for i in range(1, k) for j in range(i, k) if feature_of[i] & feature_of[j]]
         return cls(tuple(columns), tuple(slots), tuple(t.func for t in plan.terms), tuple(pairs), same_as)
 
     def summed_pairs(self) -> list[tuple[int, int]]:

@@ -43,10 +43,11 @@ class PreparedSource(SampleSource):
             cond = value_condition(term)
             items.append(f"(list(({term.arg.sql('duckdb')})::DOUBLE ORDER BY {virtual}) FILTER (WHERE {cond}))[1:$__cap]")
             items.append(f"(list({virtual} ORDER BY {virtual}) FILTER (WHERE {cond}))[$__cap]")
-        if check_source:
-            items.append(f"(SELECT count(*) FROM {quote(self.prepared.source)})")
+        if check_source:  # both counts in the same statement: no count cached at load can go stale
+            items.append(f"(SELECT count(*) FROM {quote(self.prepared.source)}) = "
+                         f"(SELECT count(*) FROM {quote(self.prepared.copy)})")
         where = f"({plan.where.sql('duckdb')}) AND " if plan.where is not None else ""
-        return (f"SELECT {', '.join(items)} FROM {quote(self.prepared.copy)} WHERE {where}"
+        return (f"SELECT {', '.join(items)} FROM {quote(self.prepared.copy)} AS {quote(plan.alias)} WHERE {where}"
                 f"(({KEY} >= $__a1 AND {KEY} < $__b1) OR ({KEY} >= $__a2 AND {KEY} < $__b2))")
 
 
@@ -57,6 +58,8 @@ def offset_of(seed: int) -> float:
 
 def key_ranges(lo: float, hi: float, u: float) -> dict[str, float]:
     """The key ranges of the rotated interval [u + lo, u + hi) mod 1, as (at most) two ranges."""
+    if hi <= lo:
+        return {"__a1": 0.0, "__b1": 0.0, "__a2": 0.0, "__b2": 0.0}
     if hi - lo >= 1.0:
         return {"__a1": 0.0, "__b1": 2.0, "__a2": 0.0, "__b2": 0.0}
     a, b = (u + lo) % 1.0, (u + hi) % 1.0

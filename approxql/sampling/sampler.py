@@ -16,6 +16,7 @@ import numpy as np
 from sqlglot import exp
 
 from ..engines.base import Compiled, Engine
+from ..engines.duckdb import _first_line
 from ..errors import OptionError, QueryError
 from ..estimators import Moments, feature_covariance, quantile_estimate, woodruff_quantile
 from ..plan import FeatureQuery
@@ -49,6 +50,9 @@ class QueryResult:
     trusted: bool                             # support (and blocks) large enough for the intervals
     needed_fraction: float = 0.0              # estimated fraction at which every interval is trusted
     feature_needed: dict[str, float] = field(default_factory=dict)  # the same, per feature
+    matching: float | None = None             # estimated rows matching the query (all, not sampled)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # nominal 95 % interval per
+    # feature: value +/- 1.96 s.e. for moments, the order-statistic (or Woodruff) interval for quantiles
     reasons: dict[str, str] = field(default_factory=dict)  # feature -> why it is computed exactly
 
 
@@ -118,8 +122,26 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
                                query.params)
     moment_features = [(i, f.terms) for i, f in enumerate(plan.features)
                        if f.approximable and not any(plan.terms[t].is_quantile for t in f.terms)]
-    return CompiledQuery(query, plan, layout, source, exact, exact_only, min_support=min_support,
-                         sample_params=sample_params, groups=tuple(layout.feature_groups(moment_features)))
+    compiled = CompiledQuery(query, plan, layout, source, exact, exact_only, min_support=min_support,
+                             sample_params=sample_params, groups=tuple(layout.feature_groups(moment_features)))
+    why = _dry_run(con, compiled)
+    if why:  # e.g. a view (no rowid to sample blocks by): sample nothing, rather than fail every request
+        return CompiledQuery(query, plan, None, None, exact, None, note=f"sampling SQL cannot run here ({why})")
+    return compiled
+
+
+def _dry_run(con, c: CompiledQuery) -> str | None:
+    """Run the sampling statement once on an empty range with NULL parameters: it binds every
+    name now, instead of failing on every request."""
+    terms = [t for t, term in enumerate(c.plan.terms) if term.is_quantile]
+    stmt = c.source.increment_sql(c.plan, c.layout, 0.0, 1e-9, terms, 1, check_source=False)
+    params = {**{k: None for k in c.sample_params}, **stmt.extra_params}
+    try:
+        with con.cursor() as cur:
+            cur.execute(stmt.sql, params).fetchall()
+    except duckdb.Error as e:
+        return _first_line(e)
+    return None
 
 
 class QuerySampler:
@@ -137,6 +159,7 @@ class QuerySampler:
         self.note = compiled.note
         self.fell_back = False          # sampling was tried and had to give way to exact
         self.matching_hint = None       # matching rows seen by a sample that then fell back
+        self._result = None
         self._value_terms = [t for t, term in enumerate(compiled.plan.terms) if term.is_quantile]
 
     @property
@@ -174,20 +197,20 @@ class QuerySampler:
             bound = {k: self.params[k] for k in self.c.sample_params}
             row = cur.execute(stmt.sql, {**bound, **stmt.extra_params}).fetchall()[0]
         except duckdb.Error as e:
-            raise QueryError(f"sampling query {self.c.query.name} failed: {str(e).splitlines()[0]}") from e
+            raise QueryError(f"sampling query {self.c.query.name} failed: {_first_line(e)}") from e
+        span = p - lo   # the increment covers this much of the key space (all of p when not nested)
         if stmt.clustered:
-            self.matching_hint = float(row[1] or 0) / p   # column 0 summed over blocks: matching rows
+            self.matching_hint = float(row[1] or 0) / span   # column 0 summed over blocks: matching rows
         elif row[0]:
-            self.matching_hint = float(row[0]) / p
-        if check and row[-1] != source.prepared.source_rows:
-            self._fall_back(cur, f"the prepared copy of {source.prepared.source} is stale (source has {row[-1]:,} "
-                                 f"rows, copy {source.prepared.source_rows:,}); computed exactly — run "
-                                 f"approxql prepare again")
+            self.matching_hint = float(row[0]) / span
+        if check and not row[-1]:
+            self._fall_back(f"the prepared copy of {source.prepared.source} is stale (the source's row count "
+                            f"changed since it was prepared); computed exactly — run approxql prepare again")
             return
         if stmt.clustered:  # matching rows in too few blocks: no sample of blocks can mean anything
             projected = int(row[0] or 0) * 0.5 / p
             if projected < MIN_CLUSTERS:
-                self._fall_back(cur, f"its matching rows lie in about {int(row[0] or 0) / p:.0f} blocks of 2048 rows, "
+                self._fall_back(f"its matching rows lie in about {int(row[0] or 0) / p:.0f} blocks of 2048 rows, "
                                      f"too few for block sampling; computed exactly (prepare the table to sample it)")
                 return
         width = self.c.layout.result_width(clustered=stmt.clustered)
@@ -207,12 +230,18 @@ class QuerySampler:
                 self.value_fraction[t] = p if extra is None else float(extra)
         self.fraction = p
 
-    def _fall_back(self, cur, why: str) -> None:
+    def _fall_back(self, why: str) -> None:
         self.note, self.fell_back = why, True
         self.exact_values = self.engine.exact_features(self.c.exact, self.params)
         self.fraction = 1.0
 
     def result(self) -> QueryResult:
+        """Estimates at the fraction reached (computed once per fraction)."""
+        if self._result is None or self._result[0] != self.fraction:
+            self._result = (self.fraction, self._estimate())
+        return self._result[1]
+
+    def _estimate(self) -> QueryResult:
         names = self.c.query.features
         m = len(names)
         if self.fraction >= 1.0:
@@ -220,10 +249,12 @@ class QuerySampler:
             values = {n: _num(self.exact_values.get(n)) for n in names}
             return QueryResult(self.c.query.name, "exact", 1.0, True, values, {n: 0.0 for n in names},
                                np.zeros((m, m)), 0, True, needed_fraction=1.0,
-                               feature_needed={n: 0.0 for n in names}, reasons=reasons)
+                               feature_needed={n: 0.0 for n in names}, reasons=reasons,
+                               intervals={n: (v, v) for n, v in values.items() if v is not None})
         plan, layout, p = self.c.plan, self.c.layout, self.fraction
         values: dict[str, float | None] = {}
         stderr: dict[str, float] = {}
+        intervals: dict[str, tuple[float, float]] = {}
         cov = np.zeros((m, m))
         moment_idx = {i for group, _ in self.c.groups for i in group}
         clustered = not self.c.source.nested
@@ -247,10 +278,15 @@ class QuerySampler:
                     est = quantile_estimate(vals_t, term.q, p=self.value_fraction.get(t, p), method=method)
                 values[f.name] = _num(est.value)
                 cov[i, i] = est.stderr ** 2
+                ci = est.interval()
+                intervals[f.name] = (ci.low, ci.high)
             elif not f.approximable:
                 values[f.name] = _num(self.exact_values.get(f.name))
         for i, n in enumerate(names):
             stderr[n] = math.sqrt(cov[i, i]) if cov[i, i] > 0 else (0.0 if np.isfinite(cov[i, i]) else math.nan)
+            if n not in intervals and values[n] is not None:
+                half = 1.959964 * stderr[n]
+                intervals[n] = (values[n] - half, values[n] + half)
         factor = CLUSTER_FACTOR if clustered else 1.0
         term_needed = {t: (p * factor * self.c.min_support.get(t, MIN_SUPPORT) / have if have else 1.0)
                        for t, have in supports.items()}
@@ -269,7 +305,8 @@ class QuerySampler:
         trusted = needed <= p
         return QueryResult(plan.query.name, self.c.source.name, p, False, {n: values[n] for n in names}, stderr,
                            np.nan_to_num(cov, nan=0.0), support, trusted, needed_fraction=min(needed, 1.0),
-                           feature_needed=feature_needed, reasons=plan.exact_reasons())
+                           feature_needed=feature_needed, reasons=plan.exact_reasons(), intervals=intervals,
+                           matching=float(self.moments.total[0]) / p if self.moments is not None and self.moments.n else None)
 
     def _estimate_group(self, group: list[int], cols: list[int]):
         """Delta-method values and covariance of features that share contribution columns,
@@ -318,7 +355,8 @@ def _params_in(nodes, declared) -> tuple[str, ...]:
 def _centers(cur, plan: AggregatePlan, table: str) -> dict[str, float]:
     """A rough center of each aggregated expression, from the first rows of the table."""
     args = list(dict.fromkeys(t.arg.sql("duckdb") for t in plan.terms
-                              if t.arg is not None and not t.is_quantile and t.func not in ("count", "count_star")))
+                              if t.arg is not None and not t.is_quantile and t.func not in ("count", "count_star")
+                              and not any(t.arg.find_all(exp.Placeholder))))  # needs a request: centre 0
     if not args:
         return {}
     items = ", ".join(f"avg(TRY_CAST(({a}) AS DOUBLE))" for a in args)

@@ -35,23 +35,24 @@ class SystemSource(SampleSource):
     def increment_sql(self, plan: AggregatePlan, layout: MomentLayout, lo: float, hi: float,
                       value_terms: list[int], value_cap: int, *, check_source: bool, seed: int = 0) -> SampleSQL:
         seed = self.seed if self.seed is not None else seed
-        key = (hi, tuple(value_terms), seed)
+        key = tuple(value_terms)   # one template per set of value terms; percent and seed filled in
         if key not in self._sql:
-            self._sql[key] = self._build(plan, layout, hi, value_terms, seed)
-        return SampleSQL(self._sql[key], {}, clustered=True)
+            self._sql[key] = self._build(plan, layout, value_terms)
+        sql = self._sql[key].replace("{percent}", f"{100.0 * hi:.10g}").replace("{seed}", str(int(seed)))
+        return SampleSQL(sql, {}, clustered=True)
 
-    def _build(self, plan: AggregatePlan, layout: MomentLayout, hi: float, value_terms: list[int], seed: int) -> str:
+    def _build(self, plan: AggregatePlan, layout: MomentLayout, value_terms: list[int]) -> str:
         cols = layout.columns
         inner = [f"rowid // {BLOCK_ROWS} AS __block"] + [f"{c.sum_sql()} AS __c{i}" for i, c in enumerate(cols)]
         for t in value_terms:
             term = plan.terms[t]
-            inner.append(f"list(({term.arg.sql('duckdb')})::DOUBLE) FILTER (WHERE {value_condition(term)}) AS __v{t}")
+            inner.append(f"COALESCE(list(({term.arg.sql('duckdb')})::DOUBLE) FILTER (WHERE {value_condition(term)}), "
+                         f"[]::DOUBLE[]) AS __v{t}")  # a block without a value gives [], not NULL
         outer = ["COUNT(*)"] + [f"SUM(__c{i})" for i in range(len(cols))]
         outer += [f"SUM(__c{i} * __c{j})" for i, j in layout.block_pairs()]
         for t in value_terms:
             outer.append(f"flatten(list(__v{t} ORDER BY __block))")
             outer.append(f"list(len(__v{t}) ORDER BY __block)")
         where = f" WHERE {plan.where.sql('duckdb')}" if plan.where is not None else ""
-        percent = f"{100.0 * hi:.10g}"
         return (f"SELECT {', '.join(outer)} FROM (SELECT {', '.join(inner)} FROM {quote(self.table)} "
-                f"TABLESAMPLE SYSTEM ({percent} PERCENT) REPEATABLE ({seed}){where} GROUP BY 1)")
+                f"AS {quote(plan.alias)} TABLESAMPLE SYSTEM ({{percent}} PERCENT) REPEATABLE ({{seed}}){where} GROUP BY 1)")

@@ -55,9 +55,6 @@ class FeatureFormula:
     def approximable(self) -> bool:
         return self.reason is None
 
-    def evaluate(self, term_values: np.ndarray, params: Mapping[str, Any]) -> float:
-        return self.compiled(term_values, params)
-
     @property
     def compiled(self) -> Callable[[np.ndarray, Mapping[str, Any]], float]:
         fn = self.__dict__.get("_fn")
@@ -77,6 +74,7 @@ class AggregatePlan:
     terms: tuple[Term, ...]
     features: tuple[FeatureFormula, ...]
     reason: str | None = None         # set when no feature of the query can be sampled
+    alias: str | None = None          # the name the query refers to its table by (alias, or name)
 
     @property
     def approximable(self) -> bool:
@@ -139,7 +137,8 @@ def analyze(query: FeatureQuery) -> AggregatePlan:
         if why is None and any(terms[i].is_quantile for i in used) and _term_index(body) is None:
             why = "a quantile combined with other terms or arithmetic is not estimated; use a bare MEDIAN or QUANTILE"
         features.append(FeatureFormula(name, body, tuple(dict.fromkeys(used)), why))
-    return AggregatePlan(query, _table_sql(table), where.this if where else None, tuple(terms), tuple(features))
+    return AggregatePlan(query, table.name, where.this if where else None, tuple(terms), tuple(features),
+                         alias=table.alias_or_name)
 
 
 def _query_level_reason(select: exp.Select) -> str | None:
@@ -152,6 +151,8 @@ def _query_level_reason(select: exp.Select) -> str | None:
         return "the query does not read one base table"
     if source.this.args.get("sample"):
         return "the query already samples its table"
+    if source.this.db or source.this.catalog:
+        return "the query reads a schema-qualified table; only tables of the default schema are sampled"
     for arg in ("having", "qualify", "limit", "offset", "order", "distinct"):
         if select.args.get(arg):
             return f"the query uses {arg.upper()}"
@@ -197,6 +198,7 @@ def _term_of(agg: exp.AggFunc) -> tuple[Term | None, str | None]:
     return None, f"aggregate {node.sql('duckdb')} is not one approxql estimates"
 
 
+_NUMERIC_CASTS = {exp.DataType.Type.DOUBLE, exp.DataType.Type.FLOAT, exp.DataType.Type.DECIMAL}
 _SMOOTH_FUNCS = {"ABS": abs, "SQRT": math.sqrt, "LN": math.log, "EXP": math.exp, "LOG10": math.log10,
                  "LOG2": math.log2}
 
@@ -205,8 +207,12 @@ def _formula_reason(body: exp.Expression) -> str | None:
     for node in body.walk():
         if _term_index(node) is not None:
             continue
+        if isinstance(node, exp.Cast):  # a request parameter's cast, or a cast to floating point
+            if not isinstance(node.this, exp.Placeholder) and node.to.this not in _NUMERIC_CASTS:
+                return f"the cast {node.sql('duckdb')} is not to a floating-point type"
+            continue
         if isinstance(node, (exp.Literal, exp.Paren, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Neg,
-                             exp.Cast, exp.Placeholder, exp.DataType, exp.Pow, exp.Coalesce, exp.Nullif,
+                             exp.Placeholder, exp.DataType, exp.Pow, exp.Coalesce, exp.Nullif,
                              exp.Null)):
             continue
         if isinstance(node, exp.Anonymous) and node.name.upper() in _SMOOTH_FUNCS:
@@ -282,5 +288,3 @@ def _sql(node: exp.Expression | None) -> str | None:
     return None if node is None else node.sql("duckdb")
 
 
-def _table_sql(table: exp.Table) -> str:
-    return ".".join(part for part in (table.catalog, table.db, table.name) if part)
