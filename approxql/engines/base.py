@@ -1,7 +1,9 @@
 """The engine interface: what the rest of approxql needs from a SQL engine.
 
-The controller and pipeline talk only to this interface. DuckDB is the embedded default;
-another engine (a distributed SQL engine) implements the same methods in its own dialect.
+Exact feature computation and the controller's cursor go through this interface. DuckDB is the
+embedded default; another engine (a distributed SQL engine) implements the same methods in its
+own dialect. The sampling strategies in ``approxql.sampling`` write DuckDB SQL (key ranges on a
+prepared copy, TABLESAMPLE SYSTEM): another engine adds strategies of its own beside them.
 """
 from __future__ import annotations
 
