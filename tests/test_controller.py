@@ -102,7 +102,9 @@ def test_guarantee_holds_over_500_requests(world, name):
     task, _, delta = MODELS[name]
     requests = world["requests"].to_pylist()
     exact = [pipe.predict_exact(r).value for r in requests]
-    approx = [pipe.predict(r, seed=i) for i, r in enumerate(requests)]
+    # learn=False: every request plans from the same (prior) costs, so the test exercises sampling
+    # and cannot depend on this machine's timings (which may rightly make exact the cheaper choice)
+    approx = [pipe.predict(r, seed=i, learn=False) for i, r in enumerate(requests)]
     if task == "regression":
         held = np.mean([abs(p.value - e) <= delta for p, e in zip(approx, exact)])
     else:
