@@ -66,7 +66,10 @@ class Pipeline:
     def predict_exact(self, request: Mapping[str, Any]) -> Prediction:
         """Predict from exactly computed features: the reference the approximate path is judged by."""
         t0 = time.perf_counter()
-        bound = bind_request(list(self.params), request)
+        return self.predict_bound_exact(bind_request(list(self.params), request), t0)
+
+    def predict_bound_exact(self, bound: Mapping[str, Any], t0: float) -> Prediction:
+        """predict_exact for a request already bound (the controller's exact-at-once path)."""
         raw = self.engine.exact_features(self._exact, bound)
         t1 = time.perf_counter()
         features = self._model_features(raw)

@@ -41,7 +41,7 @@ def predict(pipe: "Pipeline", request: Mapping[str, Any], opts: Options) -> Pred
     targets = _start(book, samplers, opts)
     clock.lap("planning")
     if all(p >= 1.0 for p in targets.values()):
-        return _exact_at_once(pipe, request, samplers, t_start, stages, opts)
+        return _exact_at_once(pipe, bound, samplers, t_start, stages, opts)
     fixed = pipe.fixed_features(bound)
     clock.lap("queries")
     history: list[dict] = []
@@ -123,9 +123,9 @@ def _approxql_round(pipe, book, samplers, results, state, opts: Options, round_n
     return prop, lambda: _plan(pipe, book, samplers, results, sens, needs, state, opts, stalled)
 
 
-def _exact_at_once(pipe, request, samplers, t_start, stages, opts: Options) -> Prediction:
+def _exact_at_once(pipe, bound, samplers, t_start, stages, opts: Options) -> Prediction:
     """Every query is predicted cheaper exact: one statement for all features, as predict_exact."""
-    pred = pipe.predict_exact(request)
+    pred = pipe.predict_bound_exact(bound, time.perf_counter())
     latency = (time.perf_counter() - t_start) * 1e3
     stages = {**stages, "queries": stages.get("queries", 0.0) + pred.stages_ms["queries"],
               "propagation": pred.stages_ms["model"]}
