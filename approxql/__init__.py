@@ -9,10 +9,12 @@ from .pipeline import Pipeline, load_pipeline
 from .pipeline_file import PipelineSpec, read_pipeline_file
 from .prediction import Prediction
 from .sampling import prepare
+from .sql_function import register, register_all
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ApproxQLError", "ModelError", "NullFeatureError", "OptionError", "PipelineError", "QueryError",
     "RequestError", "Pipeline", "PipelineSpec", "Prediction", "load_pipeline", "prepare", "read_pipeline_file",
+    "register", "register_all",
 ]

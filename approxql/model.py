@@ -68,13 +68,14 @@ class OnnxModel:
         outs = self.session.get_outputs()
         self._output_names = [o.name for o in outs]
         if self.task == "regression":
-            self._value_index, self._proba_index = 0, None
+            self._value_index, self._proba_index, self.label_type = 0, None, None
             return
         label = [i for i, o in enumerate(outs) if o.type in ("tensor(int64)", "tensor(string)", "tensor(int32)")]
         if not label:
             raise ModelError(f"classification model {self.path.name} has no label output (int64 or string tensor); "
                              f"outputs: {[(o.name, o.type) for o in outs]}")
         self._value_index = label[0]
+        self.label_type = outs[label[0]].type
         rest = [i for i in range(len(outs)) if i != label[0]]
         self._proba_index = rest[0] if rest else None
 

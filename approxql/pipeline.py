@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import duckdb
 import numpy as np
@@ -12,13 +12,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .engines import DuckDBEngine, Engine
-from .errors import ApproxQLError, ModelError, NullFeatureError, RequestError
+from .errors import ApproxQLError, ModelError, NullFeatureError, OptionError, RequestError
 from .controller.costs import CostBook
 from .model import OnnxModel, scalar
 from .params import bind_request
 from .pipeline_file import PipelineSpec, read_pipeline_file
 from .plan import QueryKind
 from .prediction import Prediction
+
+if TYPE_CHECKING:
+    from .sampling import CompiledQuery
 
 
 def load_pipeline(path: str | Path, con: duckdb.DuckDBPyConnection | None = None, *,
@@ -51,6 +54,7 @@ class Pipeline:
         self._sampling_lock = threading.Lock()
         cheap = [q for q in spec.queries if q.kind is not QueryKind.AGGREGATE]
         self._fixed = engine.compile_exact(cheap) if cheap else None
+        self._fixed_batch = None
         self.costs = CostBook()
 
     name = property(lambda self: self.spec.name)
@@ -66,26 +70,60 @@ class Pipeline:
     def predict_exact(self, request: Mapping[str, Any]) -> Prediction:
         """Predict from exactly computed features: the reference the approximate path is judged by."""
         t0 = time.perf_counter()
-        return self.predict_bound_exact(bind_request(list(self.params), request), t0)
-
-    def predict_bound_exact(self, bound: Mapping[str, Any], t0: float) -> Prediction:
-        """predict_exact for a request already bound (the controller's exact-at-once path)."""
-        raw = self.engine.exact_features(self._exact, bound)
+        raw = self.exact_raw(bind_request(list(self.params), request))
         t1 = time.perf_counter()
-        features = self._model_features(raw)
-        x = np.array([[features[name] for name in self.inputs]], dtype=np.float64)
-        out = self.model.run(x)
+        features = self.model_features(raw)
+        out = self.model.run(np.array([[features[name] for name in self.inputs]], dtype=np.float64))
         t2 = time.perf_counter()
         rates = {q.name: 1.0 for q in self.spec.aggregate_queries}
         return Prediction(value=scalar(out.values[0]), probability=1.0, exact=True, features=features,
                           rates=rates, rounds=1, latency_ms=(t2 - t0) * 1e3, met_bound=True,
                           stages_ms={"queries": (t1 - t0) * 1e3, "model": (t2 - t1) * 1e3})
 
+    def exact_raw(self, bound: Mapping[str, Any]) -> dict[str, Any]:
+        """Every feature of a bound request, exactly, in one statement (NULL stays None)."""
+        return self.engine.exact_features(self._exact, bound)
+
+    def exact_raw_many(self, bounds: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """``exact_raw`` of many bound requests: one lateral statement (one each when few)."""
+        if self._exact_batch is None:
+            self._exact_batch = self.engine.compile_exact(self.spec.queries, batch=True)
+        return self._raw_many(self._exact, self._exact_batch, bounds)
+
     def exact_features_many(self, requests: Sequence[Mapping[str, Any]] | pa.Table) -> pa.Table:
         """Exact feature values for many requests in one statement (fills applied), in request order."""
         if self._exact_batch is None:
             self._exact_batch = self.engine.compile_exact(self.spec.queries, batch=True)
         return exact_feature_table(self.spec, self.engine, requests, self._exact_batch)
+
+    def predict_exact_many(self, requests: Sequence[Mapping[str, Any]] | pa.Table | pa.RecordBatch, *,
+                           errors: str = "raise"):
+        """``predict_exact`` for many requests: one statement for every feature of every request,
+        one model batch. Returns what ``predict_many`` returns (a list, or an Arrow table)."""
+        _check_errors(errors)
+        t0 = time.perf_counter()
+        bounds, failed = self._bind_many(requests, errors)
+        ok = [i for i in range(len(bounds)) if i not in failed]
+        raws = self.exact_raw_many([bounds[i] for i in ok])
+        results: list = [failed.get(i) for i in range(len(bounds))]
+        rows = {}
+        for i, raw in zip(ok, raws):
+            try:
+                f = self.model_features(raw)
+                rows[i] = f
+            except ApproxQLError as e:
+                if errors == "raise":
+                    raise type(e)(f"request {i}: {e}") from None
+                results[i] = e
+        if rows:
+            X = np.array([[f[n] for n in self.inputs] for f in rows.values()], dtype=np.float64)
+            out = self.model.run(X)
+            ms = (time.perf_counter() - t0) * 1e3
+            rates = {q.name: 1.0 for q in self.spec.aggregate_queries}
+            for (i, f), v in zip(rows.items(), out.values):
+                results[i] = Prediction(value=scalar(v), probability=1.0, exact=True, features=f, rates=rates,
+                                        rounds=1, latency_ms=ms, stop_reason="computed exactly (batch)")
+        return _as_output(requests, results)
 
     # -- approximate --------------------------------------------------------------------------
     def predict(self, request: Mapping[str, Any], *, tau: float | None = None, delta: float | None = None,
@@ -109,9 +147,82 @@ class Pipeline:
             return self.predict_exact(request)  # no sampling error is within a bound of 0
         return run(self, request, opts)
 
+    def predict_many(self, requests: Sequence[Mapping[str, Any]] | pa.Table | pa.RecordBatch, *,
+                     tau: float | None = None, delta: float | None = None, seed: int | None = None,
+                     policy: str = "approxql", initial_fraction: float | None = None, max_rounds: int | None = None,
+                     points: int | None = None, time_budget_ms: float | None = None, strategy: str = "auto",
+                     learn: bool = True, errors: str = "raise"):
+        """``predict`` for many requests at once, with the same options and the same guarantee each.
+
+        Requests are a list of dicts or an Arrow table/record batch with one column per parameter.
+        Their work is shared: each round runs one statement per feature query for all requests
+        still going, and one model batch. Every request plans from the pipeline's state as it was
+        when the batch began, so it makes the decisions ``predict`` makes for it with that state
+        and seed. ``time_budget_ms`` counts from the start of the batch.
+
+        Returns a list of Predictions for a list, or an Arrow table (value, probability, exact,
+        met_bound, rounds, latency_ms, stop_reason, error) in request order for Arrow input.
+        ``errors="null"`` turns a request's own failure (a bad value, a NULL feature without a
+        fill) into None (or a row with ``error`` set) instead of raising; failures of the database
+        or the model still raise."""
+        from .controller import check_options, predict_many as run_many
+        _check_errors(errors)
+        opts = check_options(task=self.task, tau=tau, delta=delta, seed=seed, policy=policy,
+                             initial_fraction=initial_fraction, max_rounds=max_rounds, points=points,
+                             time_budget_ms=time_budget_ms, strategy=strategy, learn=learn,
+                             default_tau=self.spec.tau, default_delta=self.spec.delta)
+        if self.task == "regression" and opts.delta == 0:
+            return self.predict_exact_many(requests, errors=errors)  # no sampling error is within a bound of 0
+        bounds, failed = self._bind_many(requests, errors)
+        ok = [i for i in range(len(bounds)) if i not in failed]
+        try:
+            done = run_many(self, [bounds[i] for i in ok], opts, raise_errors=errors == "raise")
+        except ApproxQLError as e:  # name the request by its index in the caller's list
+            msg = str(e)
+            if msg.startswith("request ") and ok:
+                k, _, rest = msg[len("request "):].partition(": ")
+                if k.isdigit():
+                    raise type(e)(f"request {ok[int(k)]}: {rest}") from None
+            raise
+        results: list = [failed.get(i) for i in range(len(bounds))]
+        for i, r in zip(ok, done):
+            results[i] = r
+        return _as_output(requests, results)
+
     def fixed_features(self, bound: Mapping[str, Any]) -> dict[str, Any]:
         """Lookups and request-only features: exact, in one statement."""
         return self.engine.exact_features(self._fixed, bound) if self._fixed is not None else {}
+
+    def fixed_features_many(self, bounds: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """``fixed_features`` of many bound requests."""
+        if self._fixed is None:
+            return [{} for _ in bounds]
+        if self._fixed_batch is None:
+            cheap = [q for q in self.spec.queries if q.kind is not QueryKind.AGGREGATE]
+            self._fixed_batch = self.engine.compile_exact(cheap, batch=True)
+        return self._raw_many(self._fixed, self._fixed_batch, bounds)
+
+    def _raw_many(self, one, many, bounds) -> list[dict[str, Any]]:
+        from .sampling.batch import BATCH_MIN
+        if len(bounds) < BATCH_MIN:   # few requests: one statement each prunes by zone maps
+            return [self.engine.exact_features(one, b) for b in bounds]
+        types = {p.name: p.arrow_type for p in self.params}
+        table = pa.table({n: pa.array([b[n] for b in bounds], types[n]) for n in many.params}
+                         or {"__aq_none": pa.nulls(len(bounds), pa.int8())})
+        return self.engine.exact_features_many(many, table).to_pylist()
+
+    def _bind_many(self, requests, errors: str) -> tuple[list[dict], dict[int, ApproxQLError]]:
+        """Bound requests in order; with errors="null", failures by index (their slot holds {})."""
+        bounds, failed = [], {}
+        for i, r in enumerate(_rows(requests)):
+            try:
+                bounds.append(bind_request(list(self.params), r))
+            except RequestError as e:
+                if errors == "raise":
+                    raise RequestError(f"request {i}: {e}") from None
+                bounds.append({})
+                failed[i] = e
+        return bounds, failed
 
     def check_nulls(self, results, fixed: Mapping[str, Any]) -> None:
         """Raise as predict_exact does for an exactly known input that is NULL without a fill
@@ -119,18 +230,7 @@ class Pipeline:
         known = dict(fixed)
         for r in results.values():
             known.update({n: v for n, v in r.values.items() if r.exact or n in r.reasons})
-        self._model_features({n: (known[n] if n in known else 0.0) for n in self.inputs})
-
-    def model_value(self, x: np.ndarray):
-        return scalar(self.model.run(np.asarray(x, dtype=np.float64)[None, :]).values[0])
-
-    def label_margin(self, x: np.ndarray) -> float | None:
-        """How far the predicted label's probability leads the runner-up's, halved (None without probabilities)."""
-        out = self.model.run(np.asarray(x, dtype=np.float64)[None, :])
-        if out.probabilities is None:
-            return None
-        p = np.sort(out.probabilities[0])[::-1]
-        return float((p[0] - (p[1] if len(p) > 1 else 0.0)) / 2)
+        self.model_features({n: (known[n] if n in known else 0.0) for n in self.inputs})
 
     # -- sampling ---------------------------------------------------------------------------
     def sampling_plans(self, *, strategy: str = "auto") -> dict[str, "CompiledQuery"]:
@@ -152,7 +252,7 @@ class Pipeline:
         return "\n".join(lines)
 
     # -- helpers --------------------------------------------------------------------------
-    def _model_features(self, raw: Mapping[str, Any]) -> dict[str, float]:
+    def model_features(self, raw: Mapping[str, Any]) -> dict[str, float]:
         """Apply fill values and check every model input is a number."""
         features: dict[str, float] = {}
         for name in self.inputs:
@@ -187,13 +287,45 @@ def exact_feature_table(spec: PipelineSpec, engine: Engine, requests, compiled=N
 
 def requests_table(spec: PipelineSpec, requests) -> pa.Table:
     """Validate requests (a list of dicts or an Arrow table) into an Arrow table of bound values."""
-    if isinstance(requests, pa.RecordBatch):
-        requests = pa.Table.from_batches([requests])
-    rows = requests.to_pylist() if isinstance(requests, pa.Table) else list(requests)
     bound = []
-    for i, r in enumerate(rows):
+    for i, r in enumerate(_rows(requests)):
         try:
             bound.append(bind_request(list(spec.params), r))
         except RequestError as e:
             raise RequestError(f"request {i}: {e}") from None
     return pa.Table.from_pylist(bound, schema=pa.schema([(p.name, p.arrow_type) for p in spec.params]))
+
+
+def _rows(requests) -> list:
+    if isinstance(requests, pa.RecordBatch):
+        requests = pa.Table.from_batches([requests])
+    if isinstance(requests, pa.Table):
+        return requests.to_pylist()
+    if isinstance(requests, (str, bytes, Mapping)) or not hasattr(requests, "__iter__"):
+        raise RequestError(f"requests must be a list of dicts or an Arrow table, got {type(requests).__name__}")
+    return list(requests)
+
+
+def _check_errors(errors: str) -> None:
+    if errors not in ("raise", "null"):
+        raise OptionError(f"errors must be 'raise' or 'null', got {errors!r}")
+
+
+OUTPUT_COLUMNS = ("value", "probability", "exact", "met_bound", "rounds", "latency_ms", "stop_reason", "error")
+
+
+def _as_output(requests, results: list):
+    """A list (None for a failed request) for list input; an Arrow table for Arrow input."""
+    if not isinstance(requests, (pa.Table, pa.RecordBatch)):
+        return [r if isinstance(r, Prediction) else None for r in results]
+    ok = [r if isinstance(r, Prediction) else None for r in results]
+    return pa.table({
+        "value": pa.array([r.value if r else None for r in ok]),
+        "probability": pa.array([r.probability if r else None for r in ok], pa.float64()),
+        "exact": pa.array([r.exact if r else None for r in ok], pa.bool_()),
+        "met_bound": pa.array([r.met_bound if r else None for r in ok], pa.bool_()),
+        "rounds": pa.array([r.rounds if r else None for r in ok], pa.int32()),
+        "latency_ms": pa.array([r.latency_ms if r else None for r in ok], pa.float64()),
+        "stop_reason": pa.array([r.stop_reason if r else None for r in ok], pa.string()),
+        "error": pa.array([None if r else str(e) for r, e in zip(ok, results)], pa.string()),
+    })

@@ -1,18 +1,22 @@
 """Shared fixtures: a small synthetic DuckDB database and real ONNX models trained on it."""
 from __future__ import annotations
 
+import datetime as dt
 import textwrap
 from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pytest
-from sklearn.ensemble import GradientBoostingClassifier
-from sklearn.linear_model import LinearRegression
+from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.neural_network import MLPClassifier, MLPRegressor
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
 
-from approxql.training import export_onnx
+import approxql
+from approxql.training import export_onnx, feature_matrix
 
 HEADER = """\
 -- name: sales
@@ -127,3 +131,85 @@ def pytest_terminal_summary(terminalreporter, config):
                     text = "exact" if s["approx"] < len(s["fractions"]) // 2 else f"{s['hits'] / s['approx']:.3f} [{100 * med:.3g}%]"
                     row += f"{text:>20}"
                 tr.write_line(row)
+
+
+# -- the controller's synthetic world (shared by the controller and batch tests) ----------------
+ENTITIES = 60
+ROWS_PER_ENTITY = 20_000
+INPUTS = ["avg_a", "sd_b", "n_recent", "avg_c", "avg_d", "x"]
+PIPELINE = """-- name: synth
+-- model: {model}
+-- task: {task}
+-- params: entity INTEGER, ts TIMESTAMP, x DOUBLE
+-- inputs: avg_a, sd_b, n_recent, avg_c, avg_d, x
+-- delta: {delta}
+SELECT AVG(a) AS avg_a, STDDEV(b) AS sd_b, COUNT(*) AS n_recent
+FROM events WHERE entity = $entity AND ts >= $ts - INTERVAL 20 DAY AND ts < $ts;
+SELECT AVG(c) AS avg_c FROM events WHERE entity = $entity;
+SELECT AVG(d) AS avg_d FROM events WHERE entity = $entity;
+SELECT $x AS x;
+"""
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """events: 60 entities x 20,000 rows over 60 days, each entity with its own levels; prepared."""
+    root = tmp_path_factory.mktemp("controller")
+    con = duckdb.connect(str(root / "events.duckdb"))
+    con.execute(f"""
+        CREATE TABLE events AS
+        SELECT i % {ENTITIES} AS entity,
+               TIMESTAMP '2024-01-01' + to_seconds(((hash(i * 8 + 1) % 5184000))::BIGINT) AS ts,
+               (i % {ENTITIES}) * 0.5 + 3 * ((hash(i * 8 + 2) % 10000) / 10000.0 - 0.5) AS a,
+               1 + (i % 7) + 4 * ((hash(i * 8 + 3) % 10000) / 10000.0) AS b,
+               ((i % {ENTITIES}) % 5) + 2 * ((hash(i * 8 + 4) % 10000) / 10000.0) AS c,
+               10 * ((hash(i * 8 + 5) % 10000) / 10000.0) AS d
+        FROM range({ENTITIES * ROWS_PER_ENTITY}) t(i)""")
+    approxql.prepare(con, "events", by=["entity"])
+    rng = np.random.default_rng(7)
+    n = 600
+    requests = pa.table({
+        "entity": rng.integers(0, ENTITIES, n).astype(np.int64),
+        "ts": [dt.datetime(2024, 1, 25) + dt.timedelta(hours=int(h)) for h in rng.integers(0, 24 * 30, n)],
+        "x": rng.normal(0, 1, n),
+    })
+    spec = approxql.read_pipeline_file(_write(root, "train", "regression", 1.0))
+    X = feature_matrix(spec, approxql.engines.DuckDBEngine(con), requests)
+    return {"root": root, "con": con, "requests": requests, "X": X}
+
+
+def _write(root, model_name, task, delta) -> str:
+    path = root / f"{model_name}.sql"
+    path.write_text(PIPELINE.format(model=f"{model_name}.onnx", task=task, delta=delta))
+    return str(path)
+
+
+def _target(X, task):
+    score = 2.0 * X[:, 0] + 1.5 * X[:, 1] + 0.002 * X[:, 2] + 3.0 * X[:, 3] + 2.0 * X[:, 5]  # avg_d unused
+    if task == "regression":
+        return score
+    return (score > np.median(score)).astype(np.int64)
+
+
+MODELS = {
+    "linear": ("regression", lambda: LinearRegression(), 1.0),
+    "gbdt": ("regression", lambda: GradientBoostingRegressor(n_estimators=60, max_depth=3, random_state=0), 1.5),
+    "mlp": ("regression", lambda: MLPRegressor(hidden_layer_sizes=(32, 32), max_iter=800, random_state=0), 1.5),
+    "logistic": ("classification", lambda: LogisticRegression(max_iter=1000), None),
+    "gbdt_clf": ("classification", lambda: GradientBoostingClassifier(n_estimators=60, max_depth=3, random_state=0), None),
+    "mlp_clf": ("classification", lambda: MLPClassifier(hidden_layer_sizes=(32, 32), max_iter=800, random_state=0), None),
+}
+
+
+def make_pipeline(world, name):
+    task, factory, delta = MODELS[name]
+    X = world["X"]
+    model = factory()
+    Xs = X.copy()
+    Xs[:, 4] = 0.0                                    # the model never sees avg_d vary: it ignores it
+    model.fit(Xs, _target(X, task))
+    if hasattr(model, "coef_") and task == "regression":
+        model.coef_[4] = 0.0
+    export_onnx(model, X.shape[1], world["root"] / f"{name}.onnx", task)
+    path = _write(world["root"], name, task, delta if delta is not None else 0)
+    return approxql.load_pipeline(path, con=world["con"], warm=True)

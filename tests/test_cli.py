@@ -13,7 +13,7 @@ import approxql
 from approxql import demo
 from approxql.cli import main
 
-from conftest import HEADER, BODY
+from conftest import HEADER
 
 REPO = Path(__file__).resolve().parent.parent
 

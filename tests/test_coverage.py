@@ -163,7 +163,7 @@ def grid_up(x: float) -> float:
 
 def _count(cell, r, name, exact_value):
     cell["fractions"].append(r.fraction)
-    value, se = r.values[name], r.stderr[name]
+    value = r.values[name]
     if r.exact:  # a zero-width interval of a sample (tied values) is not exact: it is scored below
         cell["exact"] += 1
         if exact_value is None:

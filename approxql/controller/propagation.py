@@ -8,8 +8,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.stats import norm, qmc
 
-from ..model import ModelOutput, OnnxModel, scalar
-from .features import FeatureState
+from ..model import ModelOutput, scalar
 
 
 @dataclass(frozen=True)
@@ -28,14 +27,6 @@ def normal_draws(d: int, m: int, seed: int) -> np.ndarray:
     z = norm.ppf(np.clip(u, 1e-12, 1 - 1e-12))
     z.flags.writeable = False
     return z
-
-
-def propagate(model: OnnxModel, state: FeatureState, *, task: str, delta: float | None, points: int,
-              seed: int) -> Propagation:
-    """One model batch: the point prediction and ``points`` draws of the features."""
-    draws = state.draw(normal_draws(len(state.x0), points, seed))
-    out = model.run(np.vstack([state.x0[None, :], draws]))
-    return judge(out, task=task, delta=delta)
 
 
 def judge(out: ModelOutput, *, task: str, delta: float | None) -> Propagation:

@@ -72,7 +72,7 @@ class DuckDBEngine(Engine):
         """Each query becomes a one-row subquery joined to a single base row (or, for
         batches, laterally to each request row): one round trip for all features."""
         if batch:
-            base = f"(SELECT * FROM __approxql_requests) AS __r"
+            base = "(SELECT * FROM __approxql_requests) AS __r"
             joins = [f"LEFT JOIN LATERAL ({_bind_to_columns(q.select).sql(self.dialect)}) AS {q.name} ON TRUE"
                      for q in queries]
             cols = ", ".join(f"{q.name}.{quote(f)}" for q in queries for f in q.features)

@@ -4,6 +4,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from sqlglot.dialects.duckdb import DuckDB
+from sqlglot.tokens import TokenType
+
 from ..engines.duckdb import quote  # noqa: F401  (re-exported for the strategies)
 from .layout import MomentLayout
 from .terms import AggregatePlan, Term
@@ -47,3 +50,24 @@ def value_condition(term: Term) -> str:
     if term.filter is not None:
         parts.append(f"({term.filter.sql('duckdb')})")
     return " AND ".join(parts)
+
+
+def rebind(sql: str, relation: str) -> str:
+    """Turn every ``$name`` placeholder of ``sql`` into the column ``relation.batch_column(name)``
+    (a request parameter or a per-request value such as a key range), so a statement written for
+    one request reads each request's values from a joined relation. The tokenizer finds the
+    placeholders, so a ``$`` inside a string literal stays as it is."""
+    tokens = DuckDB().tokenize(sql)
+    out, pos = [], 0
+    for a, b in zip(tokens, tokens[1:]):
+        if a.token_type is TokenType.PARAMETER and b.start == a.end + 1:
+            out.append(sql[pos:a.start])
+            out.append(f'{relation}."{batch_column(b.text)}"')
+            pos = b.end + 1
+    return "".join(out) + sql[pos:]
+
+
+def batch_column(name: str) -> str:
+    """The batch relation's column for a placeholder: ``__aq_p_<name>`` for a request parameter,
+    ``__aq_<x>`` for approxql's own ``$__x`` (so neither can collide with the other)."""
+    return f"__aq_{name[2:]}" if name.startswith("__") else f"__aq_p_{name}"

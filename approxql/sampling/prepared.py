@@ -7,10 +7,13 @@ request on an entity would carry the same sampling error (measured: one unlucky 
 made 20 of 21 of its requests miss the bound)."""
 from __future__ import annotations
 
-from .base import SampleSource, SampleSQL, quote, value_condition
+from .base import SampleSource, SampleSQL, quote, rebind, value_condition
 from .catalog import KEY, PreparedTable
 from .layout import MomentLayout
 from .terms import AggregatePlan
+
+BUCKETS = 1024   # key buckets of a batched read: ~2 % waste at a 2 % fraction (measured 0.095 ms per
+                 # request for 2,000 requests on 8M rows, against 1.6 ms joining on the key range itself)
 
 
 class PreparedSource(SampleSource):
@@ -20,6 +23,7 @@ class PreparedSource(SampleSource):
     def __init__(self, prepared: PreparedTable):
         self.prepared = prepared
         self._sql: dict[tuple, str] = {}  # the text depends only on which terms fetch values
+        self._batch: dict[tuple, str] = {}
 
     def describe(self) -> str:
         return f"prepared sample order {self.prepared.copy} (by {', '.join(self.prepared.by)})"
@@ -36,6 +40,37 @@ class PreparedSource(SampleSource):
         return SampleSQL(self._sql[key], params, clustered=False)
 
     def _build(self, plan: AggregatePlan, layout: MomentLayout, value_terms: list[int], check_source: bool) -> str:
+        items, where = self._parts(plan, layout, value_terms)
+        if check_source:  # both counts in the same statement: no count cached at load can go stale
+            items.append(self.current_sql())
+        return f"SELECT {', '.join(items)} FROM {quote(self.prepared.copy)} AS {quote(plan.alias)} WHERE {where}"
+
+    def current_sql(self) -> str:
+        """True while the copy has as many rows as its source (the staleness check)."""
+        return (f"(SELECT count(*) FROM {quote(self.prepared.source)}) = "
+                f"(SELECT count(*) FROM {quote(self.prepared.copy)})")
+
+    def batch_sql(self, plan: AggregatePlan, layout: MomentLayout, value_terms: list[int], relation: str) -> str:
+        """The increment of many requests in one statement: each request's key ranges become the
+        buckets ``floor(key * BUCKETS)`` they cover, so the join of requests and copy is an
+        equality join that pairs each request only with the rows of its buckets; the exact range
+        condition then keeps the very rows the one-request statement reads. One result row per
+        request that has rows (``__aq_id`` first, then the one-request statement's columns)."""
+        key = (tuple(value_terms), relation)
+        if key not in self._batch:
+            items, where = self._parts(plan, layout, value_terms)
+            sql = (f"SELECT __rq.__aq_id, {', '.join(items)} FROM __rq JOIN {quote(self.prepared.copy)} AS "
+                   f"{quote(plan.alias)} ON floor({quote(plan.alias)}.{KEY} * {BUCKETS})::BIGINT = __rq.__aq_bucket "
+                   f"WHERE {where} GROUP BY __rq.__aq_id" + (", __rq.__aq_cap" if value_terms else ""))
+            buckets = (f"SELECT __aq_id, unnest(range(floor(__aq_a1 * {BUCKETS})::BIGINT, "
+                       f"ceil(least(__aq_b1, 1.0) * {BUCKETS})::BIGINT)) AS __aq_bucket FROM {relation} "
+                       f"UNION ALL SELECT __aq_id, unnest(range(0, ceil(__aq_b2 * {BUCKETS})::BIGINT)) "
+                       f"FROM {relation} WHERE __aq_b2 > 0")
+            self._batch[key] = (f"WITH __rb AS ({buckets}), __rq AS (SELECT {relation}.*, __rb.__aq_bucket FROM "
+                                f"{relation} JOIN __rb USING (__aq_id)) " + rebind(sql, "__rq"))
+        return self._batch[key]
+
+    def _parts(self, plan: AggregatePlan, layout: MomentLayout, value_terms: list[int]) -> tuple[list[str], str]:
         items = layout.aggregates_sql()
         virtual = f"(CASE WHEN {KEY} >= $__u THEN {KEY} - $__u ELSE {KEY} - $__u + 1 END)"  # key - u, mod 1
         for t in value_terms:
@@ -43,12 +78,8 @@ class PreparedSource(SampleSource):
             cond = value_condition(term)
             items.append(f"(list(({term.arg.sql('duckdb')})::DOUBLE ORDER BY {virtual}) FILTER (WHERE {cond}))[1:$__cap]")
             items.append(f"(list({virtual} ORDER BY {virtual}) FILTER (WHERE {cond}))[$__cap]")
-        if check_source:  # both counts in the same statement: no count cached at load can go stale
-            items.append(f"(SELECT count(*) FROM {quote(self.prepared.source)}) = "
-                         f"(SELECT count(*) FROM {quote(self.prepared.copy)})")
         where = f"({plan.where.sql('duckdb')}) AND " if plan.where is not None else ""
-        return (f"SELECT {', '.join(items)} FROM {quote(self.prepared.copy)} AS {quote(plan.alias)} WHERE {where}"
-                f"(({KEY} >= $__a1 AND {KEY} < $__b1) OR ({KEY} >= $__a2 AND {KEY} < $__b2))")
+        return items, where + f"(({KEY} >= $__a1 AND {KEY} < $__b1) OR ({KEY} >= $__a2 AND {KEY} < $__b2))"
 
 
 def offset_of(seed: int) -> float:

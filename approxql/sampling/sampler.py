@@ -57,6 +57,18 @@ class QueryResult:
 
 
 @dataclass(frozen=True)
+class Increment:
+    """One read of a sample: keys [lo, hi) (or a fresh sample at hi), the quantile terms that
+    collect values and at most how many, and whether to check the prepared copy is current."""
+
+    lo: float
+    hi: float
+    growing: tuple[int, ...]
+    cap: int
+    check: bool = False
+
+
+@dataclass(frozen=True)
 class CompiledQuery:
     """Everything about sampling one aggregate query that does not depend on the request."""
 
@@ -70,6 +82,8 @@ class CompiledQuery:
     min_support: dict[int, int] = field(default_factory=dict)  # term -> sampled rows its interval needs
     sample_params: tuple[str, ...] = ()  # request parameters the sampling SQL reads
     groups: tuple = ()                   # moment features estimated together, with their columns
+    exact_many: Compiled | None = None       # ``exact`` for a relation of requests (batches)
+    exact_only_many: Compiled | None = None  # ``exact_only`` for a relation of requests
 
     @property
     def sampled(self) -> bool:
@@ -97,11 +111,14 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
         raise OptionError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     plan = analyze(query)
     exact = engine.compile_exact([query])
+    exact_many = engine.compile_exact([query], batch=True)
     if strategy == "exact":
-        return CompiledQuery(query, plan, None, ExactSource(), exact, None, note="strategy 'exact' was asked for")
+        return CompiledQuery(query, plan, None, ExactSource(), exact, None, note="strategy 'exact' was asked for",
+                             exact_many=exact_many)
     if not plan.approximable:
         reasons = plan.exact_reasons()
-        return CompiledQuery(query, plan, None, None, exact, None, note="; ".join(sorted(set(reasons.values()))))
+        return CompiledQuery(query, plan, None, None, exact, None, note="; ".join(sorted(set(reasons.values()))),
+                             exact_many=exact_many)
     with con.cursor() as cur:
         prepared = lookup(cur, plan.table) if strategy in ("auto", "prepared") else None
         if strategy == "prepared" and prepared is None:
@@ -112,21 +129,24 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
         centers = _centers(cur, plan, table)
         min_support = tail_support(cur, plan, table, centers)
     layout = MomentLayout.build(plan, centers)
-    exact_only = None
+    exact_only = exact_only_many = None
     if any(not f.approximable for f in plan.features):
         sub = query.select.copy()
         keep = {f.name for f in plan.features if not f.approximable}
         sub.set("expressions", [e for e, name in zip(sub.expressions, query.features) if name in keep])
-        exact_only = engine.compile_exact([_with_select(query, sub, tuple(n for n in query.features if n in keep))])
+        only = _with_select(query, sub, tuple(n for n in query.features if n in keep))
+        exact_only, exact_only_many = engine.compile_exact([only]), engine.compile_exact([only], batch=True)
     sample_params = _params_in([plan.where, *[t.arg for t in plan.terms], *[t.filter for t in plan.terms]],
                                query.params)
     moment_features = [(i, f.terms) for i, f in enumerate(plan.features)
                        if f.approximable and not any(plan.terms[t].is_quantile for t in f.terms)]
     compiled = CompiledQuery(query, plan, layout, source, exact, exact_only, min_support=min_support,
-                             sample_params=sample_params, groups=tuple(layout.feature_groups(moment_features)))
+                             sample_params=sample_params, groups=tuple(layout.feature_groups(moment_features)),
+                             exact_many=exact_many, exact_only_many=exact_only_many)
     why = _dry_run(con, compiled)
     if why:  # e.g. a view (no rowid to sample blocks by): sample nothing, rather than fail every request
-        return CompiledQuery(query, plan, None, None, exact, None, note=f"sampling SQL cannot run here ({why})")
+        return CompiledQuery(query, plan, None, None, exact, None, note=f"sampling SQL cannot run here ({why})",
+                             exact_many=exact_many)
     return compiled
 
 
@@ -176,12 +196,26 @@ class QuerySampler:
         if p <= self.fraction:
             return
         if p >= 1.0 or not self.c.sampled:
-            self.exact_values = self.engine.exact_features(self.c.exact, self.params)
-            self.fraction = 1.0
+            self.set_exact(self.engine.exact_features(self.c.exact, self.params))
             return
-        first = self.fraction == 0.0
-        if first and self.c.exact_only is not None:
+        if self.fraction == 0.0 and self.c.exact_only is not None:
             self.exact_values = self.engine.exact_features(self.c.exact_only, self.params)
+        inc = self.increment(p, check=self.fraction == 0.0 and isinstance(self.c.source, PreparedSource))
+        stmt = self.c.source.increment_sql(self.c.plan, self.c.layout, inc.lo, p, list(inc.growing), inc.cap,
+                                           check_source=inc.check, seed=self.seed)
+        try:
+            bound = {k: self.params[k] for k in self.c.sample_params}
+            row = cur.execute(stmt.sql, {**bound, **stmt.extra_params}).fetchall()[0]
+        except duckdb.Error as e:
+            raise QueryError(f"sampling query {self.c.query.name} failed: {_first_line(e)}") from e
+        if inc.check and not row[-1]:
+            self.fall_back(self.stale_note())
+            return
+        self.absorb(inc, row, clustered=stmt.clustered)
+
+    def increment(self, p: float, *, check: bool = False) -> "Increment":
+        """What the next read covers: keys [lo, p) (nested) or a fresh sample at p, and which
+        quantile terms still collect values, up to how many."""
         source = self.c.source
         lo = self.fraction if source.nested else 0.0
         if source.nested:  # a term whose values were cut at the cap stops growing: no gaps
@@ -191,36 +225,31 @@ class QuerySampler:
             cap = min((room[t] for t in growing), default=VALUE_CAP)
         else:
             growing, cap = list(self._value_terms), VALUE_CAP
-        check = first and isinstance(source, PreparedSource)
-        stmt = source.increment_sql(self.c.plan, self.c.layout, lo, p, growing, cap, check_source=check, seed=self.seed)
-        try:
-            bound = {k: self.params[k] for k in self.c.sample_params}
-            row = cur.execute(stmt.sql, {**bound, **stmt.extra_params}).fetchall()[0]
-        except duckdb.Error as e:
-            raise QueryError(f"sampling query {self.c.query.name} failed: {_first_line(e)}") from e
-        span = p - lo   # the increment covers this much of the key space (all of p when not nested)
-        if stmt.clustered:
+        return Increment(lo, p, tuple(growing), cap, check)
+
+    def absorb(self, inc: "Increment", row, *, clustered: bool) -> None:
+        """Merge the result row of an increment (as the strategy's SQL returns it)."""
+        p = inc.hi
+        span = p - inc.lo   # the increment covers this much of the key space (all of p when not nested)
+        if clustered:
             self.matching_hint = float(row[1] or 0) / span   # column 0 summed over blocks: matching rows
         elif row[0]:
             self.matching_hint = float(row[0]) / span
-        if check and not row[-1]:
-            self._fall_back(f"the prepared copy of {source.prepared.source} is stale (the source's row count "
-                            f"changed since it was prepared); computed exactly — run approxql prepare again")
-            return
-        if stmt.clustered:  # matching rows in too few blocks: no sample of blocks can mean anything
+        if clustered:  # matching rows in too few blocks: no sample of blocks can mean anything
             projected = int(row[0] or 0) * 0.5 / p
             if projected < MIN_CLUSTERS:
-                self._fall_back(f"its matching rows lie in about {int(row[0] or 0) / p:.0f} blocks of 2048 rows, "
-                                     f"too few for block sampling; computed exactly (prepare the table to sample it)")
+                self.fall_back(f"its matching rows lie in about {int(row[0] or 0) / p:.0f} blocks of 2048 rows, "
+                               f"too few for block sampling; computed exactly (prepare the table to sample it)")
                 return
-        width = self.c.layout.result_width(clustered=stmt.clustered)
-        inc = self.c.layout.moments(row, clustered=stmt.clustered)
-        self.moments = inc if (self.moments is None or not source.nested) else self.moments.merge(inc)
+        width = self.c.layout.result_width(clustered=clustered)
+        inc_moments = self.c.layout.moments(row, clustered=clustered)
+        nested = self.c.source.nested
+        self.moments = inc_moments if (self.moments is None or not nested) else self.moments.merge(inc_moments)
         rest = row[width:]
-        for i, t in enumerate(growing):
+        for i, t in enumerate(inc.growing):
             values, extra = rest[2 * i], rest[2 * i + 1]
             arr = np.asarray(values or [], dtype=np.float64)
-            if stmt.clustered:
+            if clustered:
                 self.values[t] = [arr]
                 self.clusters[t] = [np.repeat(np.arange(len(extra or [])), np.asarray(extra or [], dtype=np.int64))]
                 self.value_fraction[t] = p
@@ -230,10 +259,20 @@ class QuerySampler:
                 self.value_fraction[t] = p if extra is None else float(extra)
         self.fraction = p
 
-    def _fall_back(self, why: str) -> None:
-        self.note, self.fell_back = why, True
-        self.exact_values = self.engine.exact_features(self.c.exact, self.params)
+    def set_exact(self, values: Mapping[str, Any]) -> None:
+        """The query's features computed exactly (here or in a batch with other requests)."""
+        self.exact_values = dict(values)
         self.fraction = 1.0
+
+    def stale_note(self) -> str:
+        return (f"the prepared copy of {self.c.source.prepared.source} is stale (the source's row count "
+                f"changed since it was prepared); computed exactly — run approxql prepare again")
+
+    def fall_back(self, why: str, *, compute: bool = True) -> None:
+        """Give way to exact; ``compute=False`` when the caller computes it (batched with others)."""
+        self.note, self.fell_back = why, True
+        if compute:
+            self.set_exact(self.engine.exact_features(self.c.exact, self.params))
 
     def result(self) -> QueryResult:
         """Estimates at the fraction reached (computed once per fraction)."""
@@ -251,7 +290,7 @@ class QuerySampler:
                                np.zeros((m, m)), 0, True, needed_fraction=1.0,
                                feature_needed={n: 0.0 for n in names}, reasons=reasons,
                                intervals={n: (v, v) for n, v in values.items() if v is not None})
-        plan, layout, p = self.c.plan, self.c.layout, self.fraction
+        plan, p = self.c.plan, self.fraction
         values: dict[str, float | None] = {}
         stderr: dict[str, float] = {}
         intervals: dict[str, tuple[float, float]] = {}

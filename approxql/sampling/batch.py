@@ -1,0 +1,105 @@
+"""Reading one query's samples for many requests at once: one statement per increment.
+
+Requests that read further into a prepared copy are joined to it as a relation and grouped by
+request (``PreparedSource.batch_sql``); requests that need the query exactly are computed in one
+lateral statement (``Engine.exact_features_many``). Each request reads exactly the rows its own
+one-request statement would, so it reaches the same estimates and decisions.
+
+A join reads the whole copy once, where a one-request statement skips to its entity by zone
+maps: below ``BATCH_MIN`` requests the one-request statements are the faster choice (measured on
+8M rows: 5 requests 60 ms joined against 16 ms one by one; 50 requests 135 ms against 165 ms).
+TABLESAMPLE SYSTEM draws one sample per statement, so requests on an unprepared table read
+one statement each.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import duckdb
+import pyarrow as pa
+
+from ..engines.base import Compiled, Engine
+from ..engines.duckdb import _first_line
+from ..errors import QueryError
+from .base import batch_column
+from .prepared import PreparedSource, key_ranges, offset_of
+from .sampler import CompiledQuery, QuerySampler
+
+BATCH_MIN = 32
+RELATION = "__approxql_batch"
+
+
+def advance_many(engine: Engine, cur: duckdb.DuckDBPyConnection, items: Sequence[tuple[QuerySampler, float]],
+                 types: Mapping[str, pa.DataType]) -> None:
+    """Advance each sampler (all of one query) to its fraction; ``types`` are the Arrow types of
+    the request parameters."""
+    if not items:
+        return
+    c = items[0][0].c
+    exact = [s for s, p in items if p >= 1.0 or not c.sampled]
+    sampled = [(s, p) for s, p in items if p < 1.0 and c.sampled]
+    if isinstance(c.source, PreparedSource) and len(sampled) >= BATCH_MIN:
+        exact += _prepared_many(engine, cur, c, sampled, types)
+    else:
+        for s, p in sampled:
+            s.advance(cur, p)
+    for s, values in zip(exact, _exact_many(engine, c.exact, c.exact_many, exact, types)):
+        s.set_exact(values)
+
+
+def _prepared_many(engine, cur, c: CompiledQuery, items, types) -> list[QuerySampler]:
+    """One joined statement per set of quantile terms still collecting values (usually one);
+    returns the samplers that must be computed exactly instead (a stale copy)."""
+    firsts = [s for s, _ in items if s.fraction == 0.0]
+    if firsts and c.exact_only is not None:
+        for s, values in zip(firsts, _exact_many(engine, c.exact_only, c.exact_only_many, firsts, types)):
+            s.exact_values = values
+    if firsts and not _execute(cur, f"SELECT {c.source.current_sql()}", c)[0][0]:
+        for s in firsts:
+            s.fall_back(s.stale_note(), compute=False)
+        items = [(s, p) for s, p in items if not s.fell_back]
+    groups: dict[tuple, list] = {}
+    for s, p in items:
+        inc = s.increment(p)
+        groups.setdefault(inc.growing, []).append((s, inc))
+    width = c.layout.result_width(clustered=False)
+    for growing, members in groups.items():
+        columns: dict[str, pa.Array] = {"__aq_id": pa.array(range(len(members)), pa.int64())}
+        for name in c.sample_params:
+            columns[batch_column(name)] = pa.array([s.params[name] for s, _ in members], types[name])
+        ranges = [key_ranges(inc.lo, inc.hi, offset_of(s.seed)) for s, inc in members]
+        for k in ("__a1", "__b1", "__a2", "__b2"):
+            columns[batch_column(k)] = pa.array([r[k] for r in ranges], pa.float64())
+        if growing:
+            columns[batch_column("__u")] = pa.array([offset_of(s.seed) for s, _ in members], pa.float64())
+            columns[batch_column("__cap")] = pa.array([inc.cap for _, inc in members], pa.int64())
+        sql = c.source.batch_sql(c.plan, c.layout, list(growing), RELATION)
+        cur.register(RELATION, pa.table(columns))
+        try:
+            rows = {r[0]: r[1:] for r in _execute(cur, sql, c)}
+        finally:
+            cur.unregister(RELATION)
+        empty = (0,) + (None,) * (width - 1 + 2 * len(growing))   # no sampled row matched: what SQL gives
+        for i, (s, inc) in enumerate(members):
+            s.absorb(inc, rows.get(i, empty), clustered=False)
+    return [s for s in firsts if s.fell_back]
+
+
+def _exact_many(engine: Engine, one: Compiled, many: Compiled, samplers: Sequence[QuerySampler],
+                types) -> list[dict]:
+    """Exact features of each sampler's request: one lateral statement, or one each when few."""
+    if not samplers:
+        return []
+    if len(samplers) < BATCH_MIN:
+        return [engine.exact_features(one, s.params) for s in samplers]
+    table = pa.table({name: pa.array([s.params[name] for s in samplers], types[name]) for name in many.params})
+    if not many.params:
+        table = pa.table({"__aq_none": pa.nulls(len(samplers), pa.int8())})
+    return engine.exact_features_many(many, table).to_pylist()
+
+
+def _execute(cur, sql: str, c: CompiledQuery) -> list[tuple]:
+    try:
+        return cur.execute(sql).fetchall()
+    except duckdb.Error as e:
+        raise QueryError(f"sampling query {c.query.name} (batched) failed: {_first_line(e)}") from e
