@@ -113,7 +113,8 @@ class Pipeline:
                 rows[i] = f
             except ApproxQLError as e:
                 if errors == "raise":
-                    raise type(e)(f"request {i}: {e}") from None
+                    from .controller.batch import describe
+                    raise type(e)(f"request {i} ({describe(bounds[i])}): {e}") from None
                 results[i] = e
         if rows:
             X = np.array([[f[n] for n in self.inputs] for f in rows.values()], dtype=np.float64)
@@ -175,15 +176,7 @@ class Pipeline:
             return self.predict_exact_many(requests, errors=errors)  # no sampling error is within a bound of 0
         bounds, failed = self._bind_many(requests, errors)
         ok = [i for i in range(len(bounds)) if i not in failed]
-        try:
-            done = run_many(self, [bounds[i] for i in ok], opts, raise_errors=errors == "raise")
-        except ApproxQLError as e:  # name the request by its index in the caller's list
-            msg = str(e)
-            if msg.startswith("request ") and ok:
-                k, _, rest = msg[len("request "):].partition(": ")
-                if k.isdigit():
-                    raise type(e)(f"request {ok[int(k)]}: {rest}") from None
-            raise
+        done = run_many(self, [bounds[i] for i in ok], opts, raise_errors=errors == "raise", index=ok)
         results: list = [failed.get(i) for i in range(len(bounds))]
         for i, r in zip(ok, done):
             results[i] = r

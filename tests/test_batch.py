@@ -90,7 +90,7 @@ def test_predict_many_null_feature_names_the_request(world, requests):
     pipe = make_pipeline(world, "linear")
     reqs = [dict(r) for r in requests[:BATCH_MIN + 5]]
     reqs[3]["ts"] = dt.datetime(2000, 1, 1)   # before every event
-    with pytest.raises(approxql.NullFeatureError, match=r"request 3: feature 'avg_a'"):
+    with pytest.raises(approxql.NullFeatureError, match=r"request 3 \(entity=.*ts=datetime.datetime\(2000, 1, 1, 0, 0\).*\): feature 'avg_a'"):
         pipe.predict_many(reqs, learn=False)
     out = pipe.predict_many(reqs, learn=False, errors="null")
     assert out[3] is None and all(p is not None for i, p in enumerate(out) if i != 3)

@@ -31,9 +31,9 @@ MODEL_CHUNK = 65_536   # model rows per ONNX call: bounded memory, and still few
 
 
 def predict_many(pipe: "Pipeline", bounds: Sequence[Mapping[str, Any]], opts: Options, *,
-                 raise_errors: bool = True) -> list:
+                 raise_errors: bool = True, index: Sequence[int] | None = None) -> list:
     """Predictions (or, with ``raise_errors=False``, the ApproxQLError of a request that failed)
-    in request order."""
+    in request order; ``index`` numbers the requests in errors (default 0, 1, ...)."""
     t_start = time.perf_counter()
     book = pipe.costs.snapshot()
     runs = [RequestRun(pipe, b, opts, book, t_start) for b in bounds]
@@ -45,7 +45,8 @@ def predict_many(pipe: "Pipeline", bounds: Sequence[Mapping[str, Any]], opts: Op
             op = runs[i].start() if first else runs[i].send(result)
         except ApproxQLError as e:
             if raise_errors:
-                raise type(e)(f"request {i}: {e}") from None
+                number = i if index is None else index[i]
+                raise type(e)(f"request {number} ({describe(bounds[i])}): {e}") from None
             out[i], op = e, None
         if op is None:
             out[i] = out[i] if out[i] is not None else runs[i].prediction
@@ -107,3 +108,9 @@ def _infer(model, blocks: list[np.ndarray]) -> list[ModelOutput]:
         outs.append(ModelOutput(values[a:b], None if proba is None else proba[a:b], parts[0].classes))
         a = b
     return outs
+
+
+def describe(bound: Mapping[str, Any]) -> str:
+    """A request's values for an error message (the SQL function's row numbers are per chunk)."""
+    text = ", ".join(f"{k}={v!r}" for k, v in bound.items())
+    return text if len(text) <= 200 else text[:197] + "..."
