@@ -158,3 +158,14 @@ def test_lookup_nulls_follow_fill_in_predict(world):
     strict = approxql.load_pipeline(root / "lookup.sql", con=con)
     with pytest.raises(approxql.NullFeatureError, match="boost"):
         strict.predict(r)
+
+
+def test_fixed_policy_reads_one_sample_and_promises_nothing(world):
+    """The benchmark's fixed-fraction baseline: one round at initial_fraction, no guarantee claimed."""
+    pipe = make_pipeline(world, "linear")
+    r = world["requests"].to_pylist()[0]
+    p = pipe.predict(r, policy="fixed", initial_fraction=0.05, learn=False)
+    assert p.rounds == 1 and not p.met_bound and "no guarantee" in p.stop_reason
+    assert p.rates["q1"] == pytest.approx(0.05) and not p.exact
+    with pytest.raises(OptionError, match="initial_fraction"):
+        pipe.predict(r, policy="fixed")

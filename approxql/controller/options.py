@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ..errors import OptionError
 from ..sampling import STRATEGIES
 
-POLICIES = ("approxql", "biathlon")
+POLICIES = ("approxql", "biathlon", "fixed")   # fixed: one sample at initial_fraction, no guarantee
 DEFAULT_POINTS = 256
 DEFAULT_START = 0.02
 WARM_CAP = 0.25      # a warm start never begins above this fraction on warm history alone
@@ -46,6 +46,8 @@ def check_options(*, task: str, tau, delta, seed, policy, initial_fraction, max_
         raise OptionError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
     if initial_fraction is not None and (not _number(initial_fraction) or not 0 < initial_fraction <= 1):
         raise OptionError(f"initial_fraction must be in (0, 1], got {initial_fraction!r}")
+    if policy == "fixed" and initial_fraction is None:
+        raise OptionError("policy 'fixed' reads one sample at initial_fraction: pass initial_fraction=")
     default_rounds = 8 if policy == "approxql" else 200
     max_rounds = default_rounds if max_rounds is None else max_rounds
     if not isinstance(max_rounds, int) or isinstance(max_rounds, bool) or max_rounds < 1:

@@ -139,6 +139,10 @@ class RequestRun:
                 value = yield from self._value(state.x0, "estimation")
                 probability, stop_reason = 1.0, "every feature is exact"
                 break
+            if opts.policy == "fixed":   # a baseline: one sample, no guarantee asked or given
+                value = yield from self._value(state.x0, "estimation")
+                stop_reason = f"one sample at fraction {opts.initial_fraction} (policy 'fixed': no guarantee)"
+                break
             if opts.policy == "biathlon":
                 prop, plan_next = self._biathlon_round(samplers, results, state, round_no)
             else:
