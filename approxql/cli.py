@@ -34,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("pipeline", help="pipeline .sql file")
     check.add_argument("--db", help="DuckDB database file to check the tables against")
 
+    bench = sub.add_parser("bench", add_help=False, help="run the benchmark suite (from a checkout; --help for options)")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:   # the suite parses its own arguments
+        return _bench(argv[1:])
     # name=value pairs may follow options (argparse alone would reject them after --db)
     args, extra = parser.parse_known_args(argv)
     if args.command == "predict":
@@ -137,6 +143,22 @@ def _parse_request(args) -> dict:
             raise RequestError(f"expected name=value, got {item!r}")
         request[name] = value
     return request
+
+
+def _bench(argv: list[str]) -> int:
+    """The suite lives in the checkout's benchmarks/ (its data generators, pipelines and report)."""
+    from .demo import project_dir
+    try:
+        root = project_dir()
+    except FileNotFoundError:
+        print("approxql: error: approxql bench runs from an approxql checkout (benchmarks/ and sql/)", file=sys.stderr)
+        return 2
+    if not (root / "benchmarks" / "suite").is_dir():
+        print(f"approxql: error: no benchmarks/suite in {root}", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(root))
+    from benchmarks.suite.main import main as bench_main
+    return bench_main(argv)
 
 
 _COMMANDS = {"demo": _demo, "predict": _predict, "check": _check, "prepare": _prepare}

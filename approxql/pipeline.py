@@ -293,10 +293,31 @@ def _rows(requests) -> list:
     if isinstance(requests, pa.RecordBatch):
         requests = pa.Table.from_batches([requests])
     if isinstance(requests, pa.Table):
-        return requests.to_pylist()
+        try:
+            return requests.to_pylist()
+        except (OverflowError, ValueError):   # a value Python cannot hold (a timestamp after year 9999)
+            columns = {name: [_py(v) for v in requests.column(name)] for name in requests.column_names}
+            return [{k: columns[k][i] for k in columns} for i in range(requests.num_rows)]
     if isinstance(requests, (str, bytes, Mapping)) or not hasattr(requests, "__iter__"):
         raise RequestError(f"requests must be a list of dicts or an Arrow table, got {type(requests).__name__}")
     return list(requests)
+
+
+class Unreadable:
+    """An Arrow value Python cannot represent; binding refuses it with a RequestError."""
+
+    def __init__(self, scalar):
+        self.text = f"{scalar.type} value out of Python's range"
+
+    def __repr__(self) -> str:
+        return f"<{self.text}>"
+
+
+def _py(scalar):
+    try:
+        return scalar.as_py()
+    except (OverflowError, ValueError):
+        return Unreadable(scalar)
 
 
 def _check_errors(errors: str) -> None:

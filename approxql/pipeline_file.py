@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlglot
+from sqlglot import exp
 from sqlglot.dialects.duckdb import DuckDB
 from sqlglot.tokens import TokenType
 
@@ -106,7 +107,11 @@ def parse_pipeline(text: str, path: str | Path = "<pipeline>") -> PipelineSpec:
             fail(f"input {i!r} is not produced by any statement" + (f" (did you mean {hint[0]!r}?)" if hint else "")
                  + f"; statements produce {', '.join(producers)}", "inputs")
     fill = _read_fill(header.get("fill", ""), producers, lines_of.get("fill"), src)
-    return PipelineSpec(path=path, name=name, model_path=(path.parent / header["model"]).resolve(), task=task,
+    try:
+        model_path = (path.parent / header["model"]).resolve()
+    except (ValueError, OSError) as e:   # e.g. a NUL byte in the path
+        fail(f"model: {header['model']!r} is not a usable file path ({e})", "model")
+    return PipelineSpec(path=path, name=name, model_path=model_path, task=task,
                         params=tuple(params), inputs=tuple(inputs), queries=tuple(queries),
                         delta=delta, tau=tau, fill=fill)
 
@@ -166,11 +171,19 @@ def _read_statements(text: str, body_start: int, params: list[Param], src: str) 
         line = body_start + tok_line
         try:
             statement = sqlglot.parse_one(sql, read="duckdb")
+        except sqlglot.errors.TokenError as e:
+            raise PipelineError(f"cannot tokenize SQL: {e}", path=src, line=line) from None
+        except RecursionError:
+            raise PipelineError("SQL nested too deeply to parse", path=src, line=line) from None
         except sqlglot.errors.ParseError as e:
             err = e.errors[0] if e.errors else {}
             err_line = body_start + body.count("\n", 0, lo) + (err.get("line") or 1)
             desc = err.get("description") or str(e).splitlines()[0]
             raise PipelineError(f"SQL parse error: {desc}", path=src, line=err_line) from None
+        refused = _not_read_only(statement, sql)
+        if refused:
+            raise PipelineError(f"only SELECT statements are allowed in a pipeline file (it can only read), found "
+                                f"{refused}", path=src, line=line)
         try:
             queries.append(build_query(f"q{len(queries) + 1}", statement, params, line))
         except PlanError as e:
@@ -178,6 +191,39 @@ def _read_statements(text: str, body_start: int, params: list[Param], src: str) 
     if not queries:
         raise PipelineError("no SQL statements after the header", path=src, line=body_start + 1)
     return queries
+
+
+# statements (or clauses) that write, change settings or run arbitrary commands: refused anywhere in
+# a statement, e.g. a data-modifying CTE ``WITH x AS (DELETE ... RETURNING *) SELECT ...`` (DuckDB runs
+# those) or ``SELECT ... INTO t`` (which sqlglot writes out as CREATE TABLE t AS SELECT ...)
+_WRITES = tuple(getattr(exp, n) for n in (
+    "DML", "DDL", "Drop", "Alter", "TruncateTable", "Command", "Set", "Pragma", "Use", "Transaction", "Commit",
+    "Rollback", "Install", "Attach", "Detach", "Export", "Analyze", "Grant", "Revoke", "Comment", "Refresh", "Cache",
+    "Uncache", "LoadData", "Kill", "Execute") if hasattr(exp, n))
+
+
+def _not_read_only(statement: exp.Expression, sql: str) -> str | None:
+    """What makes a parsed statement more than a read, named as its author wrote it; None for a plain SELECT."""
+    if not isinstance(statement, exp.Select):
+        word = re.match(r"\s*([A-Za-z]+)", sql)
+        keyword = word.group(1).upper() if word else ""
+        return keyword if keyword and keyword not in ("WITH", "FROM", "SELECT") else type(statement).__name__.upper()
+    for node in statement.walk():
+        if isinstance(node, exp.Into):
+            return "SELECT ... INTO (it creates a table)"
+        if isinstance(node, _WRITES):
+            kind = node.name.upper() if isinstance(node, exp.Command) and node.name else type(node).__name__.upper()
+            return f"{kind} inside the SELECT"
+        if isinstance(node, exp.Func) and _function_name(node) in _STATEFUL:
+            return f"{_function_name(node)}() (it changes a sequence)"
+    return None
+
+
+_STATEFUL = {"NEXTVAL", "SETVAL"}
+
+
+def _function_name(node: exp.Func) -> str:
+    return (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).upper()
 
 
 def _number(header, key, lines_of, src, ok, expected) -> float:
@@ -205,5 +251,7 @@ def _read_fill(text: str, producers: dict, line: int | None, src: str) -> dict[s
         try:
             fill[name] = float(value)
         except ValueError:
-            raise PipelineError(f"fill: value for {name!r} must be a number, got {value!r}", path=src, line=line) from None
+            fill[name] = math.nan
+        if not math.isfinite(fill[name]):
+            raise PipelineError(f"fill: value for {name!r} must be a finite number, got {value!r}", path=src, line=line)
     return fill

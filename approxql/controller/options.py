@@ -34,11 +34,10 @@ def check_options(*, task: str, tau, delta, seed, policy, initial_fraction, max_
     if not _number(tau) or not 0 < tau < 1:
         raise OptionError(f"tau must be a number in (0, 1), got {tau!r}")
     delta = default_delta if delta is None else delta
-    if task == "regression":
-        if delta is None:
-            raise OptionError("a regression pipeline needs delta: pass delta= or add '-- delta: ...' to its file")
-        if not _number(delta) or delta < 0:
-            raise OptionError(f"delta must be a number >= 0, got {delta!r}")
+    if task == "regression" and delta is None:
+        raise OptionError("a regression pipeline needs delta: pass delta= or add '-- delta: ...' to its file")
+    if delta is not None and (not _number(delta) or delta < 0):  # checked for classification too, though unused
+        raise OptionError(f"delta must be a number >= 0, got {delta!r}")
     seed = 0 if seed is None else seed
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**31:
         raise OptionError(f"seed must be an integer in [0, 2^31), got {seed!r}")
