@@ -84,6 +84,12 @@ class OnnxModel:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != len(self.inputs):
             raise ModelError(f"expected a feature matrix of shape (n, {len(self.inputs)}), got {X.shape}")
+        finite = np.isfinite(X)
+        if not finite.all():  # e.g. a DuckDB SUM or STDDEV that overflowed to inf: never a silent prediction
+            bad = [self.inputs[j] for j in np.flatnonzero(~finite.all(axis=0))]
+            raise ModelError(f"model {self.path.name} was given NaN or infinite values of input(s) "
+                             f"{', '.join(map(repr, bad))} in {int((~finite.all(axis=1)).sum())} of {len(X)} rows "
+                             f"(a feature overflowed, or is NaN); refusing to predict from them")
         feeds = {}
         for name, dtype, j in self._feeds:
             feeds[name] = (X if j is None else X[:, j:j + 1]).astype(dtype, copy=False)
@@ -101,7 +107,8 @@ class OnnxModel:
                              f"of {len(X)} rows")
         probabilities, classes = None, None
         if self._proba_index is not None:
-            probabilities, classes = _probabilities(raw[self._proba_index], len(X), self.path.name)
+            probabilities, classes = _probabilities(raw[self._proba_index], len(X), self.path.name,
+                                                    self._output_names[self._proba_index])
         return ModelOutput(values, probabilities, classes)
 
 
@@ -116,8 +123,13 @@ def _dtype(spec, path: Path):
     return _NUMPY_OF[spec.type]
 
 
-def _probabilities(raw, n: int, model_name: str) -> tuple[np.ndarray, tuple | None]:
-    """Class probabilities as an (n, k) array, from a tensor or from skl2onnx's ZipMap (a list of dicts)."""
+PROBABILITY_TOLERANCE = 1e-3   # float32 probabilities of real classifiers sum to 1 within ~1e-6
+
+
+def _probabilities(raw, n: int, model_name: str, output: str = "probabilities") -> tuple[np.ndarray, tuple | None]:
+    """Class probabilities as an (n, k) array, from a tensor or from skl2onnx's ZipMap (a list of dicts);
+    each row must be a distribution (entries in [0, 1], summing to 1 within PROBABILITY_TOLERANCE):
+    the controller reads label margins and label probabilities from them."""
     if isinstance(raw, list) and raw and isinstance(raw[0], dict):
         classes = tuple(raw[0].keys())
         proba = np.array([[row[c] for c in classes] for row in raw], dtype=np.float64)
@@ -125,4 +137,14 @@ def _probabilities(raw, n: int, model_name: str) -> tuple[np.ndarray, tuple | No
         proba, classes = np.asarray(raw, dtype=np.float64).reshape(n, -1), None
     if not np.all(np.isfinite(proba)):
         raise ModelError(f"model {model_name} returned NaN or infinite class probabilities")
+    tol = PROBABILITY_TOLERANCE
+    if proba.size and (proba.min() < -tol or proba.max() > 1 + tol):
+        raise ModelError(f"model {model_name} output {output!r} is not class probabilities: values range "
+                         f"from {proba.min():.6g} to {proba.max():.6g}, outside [0, 1]")
+    sums = proba.sum(axis=1)
+    off = np.abs(sums - 1.0)
+    if off.size and off.max() > tol:
+        worst = int(np.argmax(off))
+        raise ModelError(f"model {model_name} output {output!r} is not class probabilities: row {worst} sums to "
+                         f"{sums[worst]:.6g}, not 1 (tolerance {tol:g}; {int((off > tol).sum())} of {len(sums)} rows)")
     return proba, classes

@@ -234,8 +234,6 @@ def test_prepare_refuses_hostile_identifiers(rw_con, table, by):
     assert con.execute("SELECT * FROM approxql_catalog ORDER BY source").fetchall() == catalog
 
 
-@pytest.mark.xfail(strict=True, reason="gap: approxql/sampling/catalog.py prepare() passes a non-str `by` entry "
-                   "to difflib and raises a raw TypeError instead of OptionError")
 @pytest.mark.parametrize("by", [[None], [1]])
 def test_prepare_refuses_non_text_column_names(rw_con, by):
     """A column name that is not text is the caller's mistake: an OptionError, not a TypeError."""

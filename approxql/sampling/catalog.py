@@ -15,7 +15,7 @@ from typing import Sequence
 
 import duckdb
 
-from ..errors import OptionError
+from ..errors import OptionError, QueryError
 from .base import quote
 
 CATALOG = "approxql_catalog"
@@ -33,7 +33,10 @@ class PreparedTable:
 
 
 def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, seed: int = 0) -> PreparedTable:
-    """Write (or rewrite) the sample-ordered copy of ``table`` sorted by ``by`` then the key."""
+    """Write (or rewrite) the sample-ordered copy of ``table`` sorted by ``by`` then the key.
+
+    One transaction: a prepare the database refuses (a read-only database, a write-write conflict
+    with a concurrent prepare) raises QueryError and changes nothing."""
     if isinstance(by, str):
         by = [by]
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**22:
@@ -41,6 +44,8 @@ def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, se
     with con.cursor() as cur:
         columns = _columns(cur, table)
         for col in by:
+            if not isinstance(col, str):
+                raise OptionError(f"prepare: by must be column names (strings), got {col!r}")
             if col not in columns:
                 hint = difflib.get_close_matches(col, columns, n=1)
                 raise OptionError(f"prepare: table {table!r} has no column {col!r}"
@@ -67,10 +72,24 @@ def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, se
             now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
             cur.execute(f"INSERT INTO {CATALOG} VALUES (?, ?, ?, ?, ?, ?)", [table, copy, list(by), seed, rows, now])
             cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
+        except BaseException as e:
+            _rollback(cur)
+            if isinstance(e, duckdb.Error):  # e.g. a write-write conflict with a concurrent prepare
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise QueryError(f"prepare {table!r} failed and changed nothing (the previous prepared copy, "
+                                 f"if any, is still in use): {first}") from e
             raise
     return PreparedTable(table, copy, tuple(by), seed, rows, now)
+
+
+def _rollback(cur) -> None:
+    """Roll back, unless the transaction already ended: a failed COMMIT ends it, and an interrupt
+    (KeyboardInterrupt) can arrive just after a COMMIT succeeded. A ROLLBACK that fails then must
+    not replace the error being raised."""
+    try:
+        cur.execute("ROLLBACK")
+    except duckdb.Error:
+        pass
 
 
 def lookup(cur: duckdb.DuckDBPyConnection, table: str) -> PreparedTable | None:

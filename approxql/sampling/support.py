@@ -26,6 +26,7 @@ COCHRAN = 25.0
 # 0.948 with rows but 0.912 with 2048-row blocks at the same 25 G^2 rows; blocks need twice as many.
 CLUSTER_FACTOR = 2.0
 MAX_POWER = 6
+UNMEASURED = 2 ** 62   # support no sample reaches
 _PARAM_NODES = (exp.Placeholder, exp.Parameter)
 
 
@@ -66,9 +67,14 @@ def tail_support(cur: duckdb.DuckDBPyConnection, plan: AggregatePlan, table: str
         raw = np.array([1.0] + [float(v or 0.0) / n for v in sums] + [math.nan] * (MAX_POWER - top))
         for t in terms:
             func = "avg" if plan.terms[t].func == "sum" and t in in_formula else plan.terms[t].func
-            g = _skewness(func, raw, centers.get(arg, 0.0))
-            if math.isfinite(g):
-                need[t] = max(MIN_SUPPORT, int(math.ceil(COCHRAN * g * g)))
+            try:
+                with np.errstate(all="ignore"):
+                    g = _skewness(func, raw, centers.get(arg, 0.0))
+            except (OverflowError, ZeroDivisionError):
+                g = math.inf
+            # values too large for their power sums (about 1e51 and up): the tail cannot be
+            # measured, so no sample is trusted and the term is computed exactly
+            need[t] = max(MIN_SUPPORT, int(math.ceil(COCHRAN * g * g))) if math.isfinite(g) else UNMEASURED
     return need
 
 
