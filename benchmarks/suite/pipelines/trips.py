@@ -23,8 +23,8 @@ ZONES = 16
 HOURS = 48
 REQUESTS = 3000
 
-# uniform [0, 1) from a row number and a stream k (hash(i * 8 + k): DuckDB's two-argument hash
-# is correlated across its second argument)
+# uniform [0, 1) from a row number and a stream k < 8 (hash(i * 8 + k): DuckDB's two-argument hash
+# is correlated across its second argument); requests number their rows from 2^40, apart from history
 U = "((hash({i} * 8 + {k} + {seed}) >> 11) * (1.0 / 9007199254740992))"
 
 
@@ -59,8 +59,8 @@ def generate(con: duckdb.DuckDBPyConnection, scale: float, seed: int) -> None:
         FROM z ORDER BY i""")
     # requests: trips after the history (hour 48 onwards is not in the table: the features look back)
     con.execute(f"""CREATE OR REPLACE TABLE trips_fare_requests AS
-        WITH r AS (SELECT i, {_u('i', 10, seed)} AS u0, {_u('i', 11, seed)} AS u1, {_u('i', 12, seed)} AS u2,
-                          {_u('i', 13, seed)} AS u3, {_u('i', 14, seed)} AS u4, {_u('i', 15, seed)} AS u5
+        WITH r AS (SELECT i, {_u('(i + 1099511627776)', 0, seed)} AS u0, {_u('(i + 1099511627776)', 1, seed)} AS u1, {_u('(i + 1099511627776)', 2, seed)} AS u2,
+                          {_u('(i + 1099511627776)', 3, seed)} AS u3, {_u('(i + 1099511627776)', 4, seed)} AS u4, {_u('(i + 1099511627776)', 5, seed)} AS u5
                    FROM range({REQUESTS}) t(i)),
         z AS (SELECT *, ({zone})::INTEGER AS pickup_zone, 2 + ({HOURS} - 4) * u5 AS h FROM r)
         SELECT pickup_zone, ((pickup_zone + 1 + floor(u1 * {ZONES - 1})::INTEGER) % {ZONES})::INTEGER AS dropoff_zone,
