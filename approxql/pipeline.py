@@ -196,13 +196,8 @@ class Pipeline:
         return self._raw_many(self._fixed, self._fixed_batch, bounds)
 
     def _raw_many(self, one, many, bounds) -> list[dict[str, Any]]:
-        from .sampling.batch import BATCH_MIN
-        if len(bounds) < BATCH_MIN:   # few requests: one statement each prunes by zone maps
-            return [self.engine.exact_features(one, b) for b in bounds]
-        types = {p.name: p.arrow_type for p in self.params}
-        table = pa.table({n: pa.array([b[n] for b in bounds], types[n]) for n in many.params}
-                         or {"__aq_none": pa.nulls(len(bounds), pa.int8())})
-        return self.engine.exact_features_many(many, table).to_pylist()
+        from .sampling.batch import exact_many
+        return exact_many(self.engine, one, many, bounds, {p.name: p.arrow_type for p in self.params})
 
     def _bind_many(self, requests, errors: str) -> tuple[list[dict], dict[int, ApproxQLError]]:
         """Bound requests in order; with errors="null", failures by index (their slot holds {})."""

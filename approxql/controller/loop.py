@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from ..params import bind_request
 from ..prediction import Prediction
 from .options import Options
-from .run import ExactAll, Fixed, Infer, Read, RequestRun
+from .run import ExactAll, Fixed, Infer, Read, RequestRun, estimated_matching
 
 if TYPE_CHECKING:
     from ..pipeline import Pipeline
@@ -44,7 +44,7 @@ def _advance(run: RequestRun, op: Read, cur) -> None:
     for q, p in op.targets.items():
         s = op.samplers[q]
         before = s.fraction
-        known = _matching(s.result()) if 0 < before < 1 else None   # this request's estimate so far
+        known = estimated_matching(s.result()) if 0 < before < 1 else None   # this request's estimate so far
         t0 = time.perf_counter()
         s.advance(cur, p)
         ms = (time.perf_counter() - t0) * 1e3
@@ -60,6 +60,3 @@ def _advance(run: RequestRun, op: Read, cur) -> None:
                 log.exact.append((q, matching, ms))
                 log.matching.append((q, matching))
 
-
-def _matching(r) -> float | None:
-    return None if r.exact else r.matching

@@ -167,7 +167,7 @@ class RequestRun:
             value = yield from self._value(state.x0, "planning")
         if opts.learn:
             seen = dict(self.log.matching)
-            self.log.finished += [(q, s.fraction, _matching(results[q]) or seen.get(q), s.fell_back)
+            self.log.finished += [(q, s.fraction, estimated_matching(results[q]) or seen.get(q), s.fell_back)
                                   for q, s in samplers.items()]
             pipe.costs.merge(self.log)
         features = {n: float(state.x0[i]) for i, n in enumerate(pipe.inputs)}
@@ -308,7 +308,7 @@ def _plan(pipe, book, samplers, results, sens, needs, margin, opts: Options, sta
     inputs = []
     for q, s in samplers.items():
         r = results[q]
-        matching = _matching(r) or book.typical_matching(q) or 1e6
+        matching = estimated_matching(r) or book.typical_matching(q) or 1e6
         overhead, per_row = book.sampling_fit(q)
         inputs.append(QueryPlanInput(q, s.fraction, s.c.source.nested if s.c.sampled else True,
                                      shares[q] if not r.exact else 0.0, needs[q], matching, max(per_row, 1e-9), overhead,
@@ -317,5 +317,6 @@ def _plan(pipe, book, samplers, results, sens, needs, margin, opts: Options, sta
     return plan_fractions(inputs, sigma, stalled=stalled)
 
 
-def _matching(r) -> float | None:
+def estimated_matching(r) -> float | None:
+    """Rows matching the query, estimated from its sample (None once it is exact)."""
     return None if r.exact else r.matching

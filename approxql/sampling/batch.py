@@ -43,7 +43,7 @@ def advance_many(engine: Engine, cur: duckdb.DuckDBPyConnection, items: Sequence
     else:
         for s, p in sampled:
             s.advance(cur, p)
-    for s, values in zip(exact, _exact_many(engine, c.exact, c.exact_many, exact, types)):
+    for s, values in zip(exact, exact_many(engine, c.exact, c.exact_many, [s.params for s in exact], types)):
         s.set_exact(values)
 
 
@@ -52,7 +52,8 @@ def _prepared_many(engine, cur, c: CompiledQuery, items, types) -> list[QuerySam
     returns the samplers that must be computed exactly instead (a stale copy)."""
     firsts = [s for s, _ in items if s.fraction == 0.0]
     if firsts and c.exact_only is not None:
-        for s, values in zip(firsts, _exact_many(engine, c.exact_only, c.exact_only_many, firsts, types)):
+        for s, values in zip(firsts, exact_many(engine, c.exact_only, c.exact_only_many, [s.params for s in firsts],
+                                                   types)):
             s.exact_values = values
     if firsts and not _execute(cur, f"SELECT {c.source.current_sql()}", c)[0][0]:
         for s in firsts:
@@ -85,16 +86,14 @@ def _prepared_many(engine, cur, c: CompiledQuery, items, types) -> list[QuerySam
     return [s for s in firsts if s.fell_back]
 
 
-def _exact_many(engine: Engine, one: Compiled, many: Compiled, samplers: Sequence[QuerySampler],
-                types) -> list[dict]:
-    """Exact features of each sampler's request: one lateral statement, or one each when few."""
-    if not samplers:
-        return []
-    if len(samplers) < BATCH_MIN:
-        return [engine.exact_features(one, s.params) for s in samplers]
-    table = pa.table({name: pa.array([s.params[name] for s in samplers], types[name]) for name in many.params})
-    if not many.params:
-        table = pa.table({"__aq_none": pa.nulls(len(samplers), pa.int8())})
+def exact_many(engine: Engine, one: Compiled, many: Compiled, params: Sequence[Mapping],
+               types: Mapping[str, pa.DataType]) -> list[dict]:
+    """``one``'s features for each request's ``params``: one lateral statement (``many``), or one
+    statement each when few (each prunes by zone maps, where the join reads the tables once)."""
+    if len(params) < BATCH_MIN:
+        return [engine.exact_features(one, p) for p in params]
+    table = pa.table({n: pa.array([p[n] for p in params], types[n]) for n in many.params}
+                     or {"__aq_none": pa.nulls(len(params), pa.int8())})
     return engine.exact_features_many(many, table).to_pylist()
 
 
