@@ -9,6 +9,7 @@ import pytest
 from sklearn.ensemble import GradientBoostingRegressor
 
 import approxql
+from bench_checks import generated, pipeline_file_and_request_columns
 from approxql.engines import DuckDBEngine
 from approxql.training import export_onnx, feature_matrix
 from benchmarks.suite.pipelines.battery import BATTERIES, LOGGED, PIPELINE, REQUESTS, TRAIN, load
@@ -18,9 +19,7 @@ INPUTS = tuple(f"{a}_{m}" for m in MEASURES for a in ("avg", "sd")) + ("elapsed"
 
 
 def _generated(scale: float, seed: int) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    PIPELINE.generate(con, scale, seed)
-    return con
+    return generated(PIPELINE, scale, seed)
 
 
 def _checksum(con) -> tuple:
@@ -57,13 +56,9 @@ def test_generator_is_deterministic_and_scales():
 
 
 def test_pipeline_file_matches_requests():
-    spec = approxql.read_pipeline_file(PIPELINE.sql_path)
-    assert spec.name == PIPELINE.name and spec.task == PIPELINE.task == "regression"
+    assert PIPELINE.task == "regression"
+    spec, cols = pipeline_file_and_request_columns(PIPELINE, _generated(0.01, 0))
     assert spec.inputs == INPUTS
-    assert spec.model_path == PIPELINE.model_path
-    con = _generated(0.01, 0)
-    cols = con.execute("SELECT column_name, column_type FROM (DESCRIBE battery_rul_requests)").fetchall()
-    assert [c for c, _ in cols] == [p.name for p in spec.params] + ["label"]
     assert [t for _, t in cols] == ["VARCHAR", "INTEGER", "DOUBLE", "DOUBLE"]
     assert [p.type_sql for p in spec.params] == ["TEXT", "INT", "DOUBLE"]
     assert spec.aggregate_queries[0].tables == (PIPELINE.table,)

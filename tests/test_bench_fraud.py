@@ -9,6 +9,8 @@ import pytest
 from sklearn.ensemble import GradientBoostingClassifier
 
 import approxql
+import bench_checks
+from bench_checks import checksum
 from approxql.training import export_onnx
 from benchmarks.suite.pipelines import fraud
 from benchmarks.suite.pipelines.fraud import PIPELINE
@@ -18,14 +20,8 @@ SCALE = 0.01
 HEADER = "ip,app,device,os,channel,click_time,attributed_time,is_attributed"
 
 
-def checksum(con, table):
-    return con.execute(f'SELECT count(*), sum(hash(rowid, x)) FROM "{table}" x').fetchall()[0]
-
-
 def generated(scale, seed):
-    con = duckdb.connect()
-    PIPELINE.generate(con, scale, seed)
-    return con
+    return bench_checks.generated(PIPELINE, scale, seed)
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +58,8 @@ def test_generator_is_deterministic_and_scales(small):
 
 
 def test_pipeline_file_matches_requests(small):
-    spec = approxql.read_pipeline_file(PIPELINE.sql_path)
-    assert (spec.name, spec.task, PIPELINE.task) == (PIPELINE.name, "classification", "classification")
-    assert spec.model_path == PIPELINE.model_path
-    cols = small.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'fraud_click_requests'"
-                         ).fetchall()
-    assert [c for c, _ in cols] == [p.name for p in spec.params] + ["label"]
-    assert [t for _, t in cols[:-1]] == [small.execute(f"SELECT typeof(NULL::{p.type_sql})").fetchall()[0][0]
-                                         for p in spec.params]
+    assert PIPELINE.task == "classification"
+    spec, cols = bench_checks.pipeline_file_and_request_columns(PIPELINE, small)
     assert cols[-1][1] == "INTEGER"
     assert spec.inputs == ("ip_clicks_1d", "ip_app_clicks_1d", "ip_app_os_clicks_1d", "app", "os", "hour")
     assert len(spec.aggregate_queries) == 3

@@ -9,6 +9,8 @@ import pytest
 from sklearn.ensemble import RandomForestClassifier
 
 import approxql
+import bench_checks
+from bench_checks import checksum
 from approxql.training import export_onnx
 from benchmarks.suite.pipelines import student
 from benchmarks.suite.pipelines.student import COLUMNS, PIPELINE
@@ -19,14 +21,8 @@ HEADER = ("session_id,index,elapsed_time,event_name,name,level,page,room_coor_x,
           "screen_coor_y,hover_duration,text,fqid,room_fqid,text_fqid,fullscreen,hq,music,level_group")
 
 
-def checksum(con, table):
-    return con.execute(f'SELECT count(*), sum(hash(rowid, x)) FROM "{table}" x').fetchall()[0]
-
-
 def generated(scale, seed):
-    con = duckdb.connect()
-    PIPELINE.generate(con, scale, seed)
-    return con
+    return bench_checks.generated(PIPELINE, scale, seed)
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +57,8 @@ def test_generator_is_deterministic_and_scales(small):
 
 
 def test_pipeline_file_matches_requests(small):
-    spec = approxql.read_pipeline_file(PIPELINE.sql_path)
-    assert (spec.name, spec.task, PIPELINE.task) == (PIPELINE.name, "classification", "classification")
-    assert spec.model_path == PIPELINE.model_path
-    cols = small.execute("SELECT column_name, data_type FROM duckdb_columns() "
-                         "WHERE table_name = 'student_correct_requests'").fetchall()
-    assert [c for c, _ in cols] == [p.name for p in spec.params] + ["label"]
-    assert [t for _, t in cols[:-1]] == [small.execute(f"SELECT typeof(NULL::{p.type_sql})").fetchall()[0][0]
-                                         for p in spec.params]
+    assert PIPELINE.task == "classification"
+    spec, cols = bench_checks.pipeline_file_and_request_columns(PIPELINE, small)
     assert cols[-1][1] == "INTEGER"
     assert spec.inputs == ("avg_elapsed", "sd_elapsed", "avg_hover", "sd_hover", "avg_room_x", "sd_room_x",
                            "n_fqid", "n_room", "n_text", "question")

@@ -9,6 +9,7 @@ import pytest
 from sklearn.linear_model import LinearRegression
 
 import approxql
+from bench_checks import generated, pipeline_file_and_request_columns
 from approxql.engines import DuckDBEngine
 from approxql.training import export_onnx, feature_matrix
 from benchmarks.suite.pipelines.tick import HOURS, LAGS, PIPELINE, REQUESTS, load
@@ -17,9 +18,7 @@ INPUTS = ("bid_h0", "bid_h1", "bid_h2", "bid_h3", "bid_h4", "bid_h5", "bid_h6")
 
 
 def _generated(scale: float, seed: int) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    PIPELINE.generate(con, scale, seed)
-    return con
+    return generated(PIPELINE, scale, seed)
 
 
 def _checksum(con) -> tuple:
@@ -52,13 +51,9 @@ def test_generator_is_deterministic_and_scales():
 
 
 def test_pipeline_file_matches_requests():
-    spec = approxql.read_pipeline_file(PIPELINE.sql_path)
-    assert spec.name == PIPELINE.name and spec.task == PIPELINE.task == "regression"
+    assert PIPELINE.task == "regression"
+    spec, cols = pipeline_file_and_request_columns(PIPELINE, _generated(0.02, 0))
     assert spec.inputs == INPUTS
-    assert spec.model_path == PIPELINE.model_path
-    con = _generated(0.02, 0)
-    cols = con.execute("SELECT column_name, column_type FROM (DESCRIBE tick_price_requests)").fetchall()
-    assert [c for c, _ in cols] == [p.name for p in spec.params] + ["label"]
     assert [t for _, t in cols] == ["VARCHAR", "TIMESTAMP", "DOUBLE"]
     assert [p.type_sql for p in spec.params] == ["TEXT", "TIMESTAMP"]
     assert {q.tables[0] for q in spec.queries} == {"ticks", "tick_hours"}

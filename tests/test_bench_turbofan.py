@@ -7,6 +7,7 @@ import pytest
 from sklearn.ensemble import RandomForestRegressor
 
 import approxql
+from bench_checks import generated, pipeline_file_and_request_columns
 from approxql.engines import DuckDBEngine
 from approxql.training import export_onnx, feature_matrix
 from benchmarks.suite.pipelines.turbofan import ENGINES, LOGGED, PIPELINE, SENSORS, TRAIN, load
@@ -15,9 +16,7 @@ INPUTS = ("t24", "t30", "t50", "p30", "ps30", "phi", "bpr", "w31", "w32")
 
 
 def _generated(scale: float, seed: int) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    PIPELINE.generate(con, scale, seed)
-    return con
+    return generated(PIPELINE, scale, seed)
 
 
 def _checksum(con) -> tuple:
@@ -53,13 +52,9 @@ def test_generator_is_deterministic_and_scales():
 
 
 def test_pipeline_file_matches_requests():
-    spec = approxql.read_pipeline_file(PIPELINE.sql_path)
-    assert spec.name == PIPELINE.name and spec.task == PIPELINE.task == "regression"
+    assert PIPELINE.task == "regression"
+    spec, cols = pipeline_file_and_request_columns(PIPELINE, _generated(0.01, 0))
     assert spec.inputs == INPUTS == tuple(s[0] for s in SENSORS)
-    assert spec.model_path == PIPELINE.model_path
-    con = _generated(0.01, 0)
-    cols = con.execute("SELECT column_name, column_type FROM (DESCRIBE turbofan_rul_requests)").fetchall()
-    assert [c for c, _ in cols] == [p.name for p in spec.params] + ["label"]
     assert [t for _, t in cols] == ["INTEGER", "INTEGER", "DOUBLE"]
     assert [p.type_sql for p in spec.params] == ["INT", "INT"]
     assert spec.aggregate_queries[0].tables == (PIPELINE.table,)
