@@ -10,7 +10,6 @@ ratios from one run, as the brief asks). The exact batch is the reference for th
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import os
 import tempfile
@@ -24,7 +23,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 import approxql
-from controller import ENTITIES, setup, train, make_requests
+from controller import ENTITIES, data_arguments, make_requests, setup, train
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -81,11 +80,7 @@ def plot(rates: dict, path: Path, title: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=8_000_000, help=f"rows in events ({ENTITIES} entities)")
-    ap.add_argument("--requests", type=int, default=10_000)
-    ap.add_argument("--db", default=None, help="DuckDB file (default /tmp/approxql_controller_<rows>.duckdb)")
-    ap.add_argument("--model", choices=["gbdt", "linear", "mlp"], default="gbdt")
+    ap = data_arguments(requests=10_000)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     db = args.db or f"/tmp/approxql_controller_{args.rows}.duckdb"

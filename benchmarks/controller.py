@@ -15,6 +15,7 @@ import argparse
 import datetime as dt
 import os
 import re
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -195,12 +196,18 @@ def plot(stats: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def data_arguments(*, requests: int) -> argparse.ArgumentParser:
+    """The options of scripts on this data: size, requests, database file, model."""
+    ap = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=8_000_000, help=f"rows in events ({ENTITIES} entities)")
-    ap.add_argument("--requests", type=int, default=300, help="requests run by every system")
+    ap.add_argument("--requests", type=int, default=requests, help="requests run by every system")
     ap.add_argument("--db", default=None, help="DuckDB file (default /tmp/approxql_controller_<rows>.duckdb)")
     ap.add_argument("--model", choices=list(MODELS), default="gbdt")
+    return ap
+
+
+def main() -> None:
+    ap = data_arguments(requests=300)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder of the report and plot")
     args = ap.parse_args()
     t_start = time.perf_counter()
