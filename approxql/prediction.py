@@ -24,6 +24,10 @@ class Prediction:
         stop_reason: why the loop stopped.
         history: per round, the fraction of each query and the probability reached.
         notes: per aggregate query, how it was sampled and what was computed exactly and why.
+        reads: per statement ``predict`` ran for a query, a dict: ``query``, ``fraction`` (before
+            and after), ``rows`` (rows of the table it read, estimated; None when unknown), ``ms``
+            and ``exact``; query ``"*"`` is the one statement that computes everything exactly.
+            Empty from ``predict_many``, whose statements serve many requests at once.
     """
 
     value: Any
@@ -39,6 +43,7 @@ class Prediction:
     stop_reason: str = "computed exactly"
     history: tuple = ()
     notes: Mapping[str, str] = field(default_factory=dict)
+    reads: tuple = ()
 
     def explain(self) -> str:
         """A readable account of what was sampled, why it stopped and what each stage cost."""

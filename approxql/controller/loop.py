@@ -31,6 +31,8 @@ def predict(pipe: "Pipeline", request: Mapping[str, Any], opts: Options) -> Pred
                 result = pipe.fixed_features(op.bound)
             elif isinstance(op, ExactAll):
                 result = pipe.exact_raw(op.bound)
+                run.reads.append({"query": "*", "fraction": (0.0, 1.0), "rows": None,
+                                  "ms": (time.perf_counter() - t0) * 1e3, "exact": True})
             else:
                 raise AssertionError(f"unknown operation {op!r}")
             run.charge(op.stage, t0)
@@ -50,6 +52,7 @@ def _advance(run: RequestRun, op: Read, cur) -> None:
         ms = (time.perf_counter() - t0) * 1e3
         known = known or s.matching_hint   # set by a sample that then had to give way to exact
         r = s.result() if s.fraction < 1.0 else None
+        rows = None
         if r is not None and r.support:
             matching = r.support / s.fraction
             rows = matching * ((s.fraction - before) if s.c.source.nested else s.fraction)
@@ -57,6 +60,8 @@ def _advance(run: RequestRun, op: Read, cur) -> None:
         elif s.fraction >= 1.0:
             matching = known or book.typical_matching(q)
             if matching is not None:
+                rows = matching
                 log.exact.append((q, matching, ms))
                 log.matching.append((q, matching))
-
+        run.reads.append({"query": q, "fraction": (before, s.fraction), "rows": rows, "ms": ms,
+                          "exact": s.fraction >= 1.0})

@@ -77,6 +77,7 @@ class RequestRun:
     t_start: float
     stages: dict = field(default_factory=lambda: defaultdict(float))
     log: CostLog = field(default_factory=CostLog)
+    reads: list = field(default_factory=list)      # the serial driver's per-statement trace
     prediction: Prediction | None = None
 
     def start(self):
@@ -184,7 +185,7 @@ class RequestRun:
         latency = (time.perf_counter() - self.t_start) * 1e3
         stages = {k: v for k, v in self.stages.items() if k != "other"}
         stages["other"] = max(latency - sum(stages.values()), 0.0)
-        return replace(pred, latency_ms=latency, stages_ms=stages)
+        return replace(pred, latency_ms=latency, stages_ms=stages, reads=tuple(self.reads))
 
     def _exact_at_once(self, samplers):
         """Every query is predicted cheaper exact: one statement for all features."""
