@@ -80,9 +80,9 @@ class Pipeline:
                           rates=rates, rounds=1, latency_ms=(t2 - t0) * 1e3, met_bound=True,
                           stages_ms={"queries": (t1 - t0) * 1e3, "model": (t2 - t1) * 1e3})
 
-    def exact_raw(self, bound: Mapping[str, Any]) -> dict[str, Any]:
+    def exact_raw(self, bound: Mapping[str, Any], cur=None) -> dict[str, Any]:
         """Every feature of a bound request, exactly, in one statement (NULL stays None)."""
-        return self.engine.exact_features(self._exact, bound)
+        return self.engine.exact_features(self._exact, bound, cur)
 
     def exact_raw_many(self, bounds: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """``exact_raw`` of many bound requests: one lateral statement (one each when few)."""
@@ -182,9 +182,9 @@ class Pipeline:
             results[i] = r
         return _as_output(requests, results)
 
-    def fixed_features(self, bound: Mapping[str, Any]) -> dict[str, Any]:
+    def fixed_features(self, bound: Mapping[str, Any], cur=None) -> dict[str, Any]:
         """Lookups and request-only features: exact, in one statement."""
-        return self.engine.exact_features(self._fixed, bound) if self._fixed is not None else {}
+        return self.engine.exact_features(self._fixed, bound, cur) if self._fixed is not None else {}
 
     def fixed_features_many(self, bounds: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """``fixed_features`` of many bound requests."""

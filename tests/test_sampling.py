@@ -99,6 +99,53 @@ def test_nested_increments_equal_one_round(db):
         assert a.stderr[name] == pytest.approx(b.stderr[name], rel=1e-8)
 
 
+ROW_PATH_ITEMS = ("COUNT(*) AS n, COUNT(y) AS ny, SUM(x) AS s, AVG(x) AS a, VAR_SAMP(x) AS vs, STDDEV_POP(y) AS sp, "
+                  "SUM(x) / SUM(w) AS ratio, AVG(x) FILTER (WHERE flag) AS af, COUNT(*) FILTER (WHERE x > $lim) AS cf, "
+                  "SUM(CASE WHEN flag THEN x ELSE 0 END) AS sc")
+
+
+@pytest.mark.parametrize("k", [1, 2, 99])   # many rows, one run, none
+def test_row_path_equals_summing_path(db, k):
+    """Small increments are read as rows and summed in numpy: the same moments (NULLs, FILTERs,
+    CASE, ratios) and so the same estimates as DuckDB's sums, step by step."""
+    prepare(db, "t", by=["k"])
+    q = query(ROW_PATH_ITEMS)
+    params = {"k": k, "lim": 3.0}
+    compiled = compile_query(DuckDBEngine(db), db, q, strategy="prepared")
+    rows, sums = (QuerySampler(compiled, DuckDBEngine(db), params, seed=3) for _ in range(2))
+    with db.cursor() as cur:
+        for p in (0.002, 0.005, 0.01):
+            rows.advance(cur, p, matching=1.0)          # tiny: always the row path
+            sums.advance(cur, p, matching=None)         # unknown: always the summing path
+            assert rows.moments.n == sums.moments.n
+            if rows.moments.n == 0:
+                continue
+            np.testing.assert_allclose(rows.moments.mean, sums.moments.mean, rtol=1e-9, atol=1e-12)
+            a, b = rows.result(), sums.result()
+            for name in q.features:
+                assert (a.values[name] is None) == (b.values[name] is None), name
+                if a.values[name] is not None:
+                    assert a.values[name] == pytest.approx(b.values[name], rel=1e-9, abs=1e-12), name
+                    assert a.stderr[name] == pytest.approx(b.stderr[name], rel=1e-6, abs=1e-7), name
+    assert k == 99 or rows.moments.n > 0
+
+
+def test_row_path_notices_a_stale_copy(tmp_path):
+    con = duckdb.connect(str(tmp_path / "stale_rows.duckdb"))
+    con.execute("CREATE TABLE t AS SELECT i % 2 AS k, i * 1.0 AS x FROM range(100000) r(i)")
+    prepare(con, "t", by=["k"])
+    con.execute("INSERT INTO t VALUES (1, 1e9), (3, 1.0)")
+    q = query("AVG(x) AS a")
+    compiled = compile_query(DuckDBEngine(con), con, q, strategy="auto")
+    for k in (1, 3):   # rows in the increment, and none (k=3 is not in the copy at all)
+        sampler = QuerySampler(compiled, DuckDBEngine(con), {"k": k, "lim": 0.0}, seed=1)
+        with con.cursor() as cur:
+            sampler.advance(cur, 0.05, matching=10.0)
+        r = sampler.result()
+        assert r.exact and "stale" in r.reasons["a"], k
+        assert r.values["a"] == pytest.approx(exact_row(con, q, {"k": k, "lim": 0.0})["a"])
+
+
 def test_sample_estimates_are_close_and_honest(db):
     q = query("AVG(x) AS a, COUNT(*) AS n, MEDIAN(x) AS med")
     truth = exact_row(db, q, {"k": 1, "lim": 0.0})

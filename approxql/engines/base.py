@@ -45,8 +45,9 @@ class Engine(ABC):
         (bound parameters) or, with ``batch``, for a relation of requests."""
 
     @abstractmethod
-    def exact_features(self, compiled: Compiled, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Every feature computed exactly for one request (NULL stays None)."""
+    def exact_features(self, compiled: Compiled, params: Mapping[str, Any], cur=None) -> dict[str, Any]:
+        """Every feature computed exactly for one request (NULL stays None), on ``cur`` when the
+        caller holds a cursor (opening one costs a little on every request)."""
 
     @abstractmethod
     def exact_features_many(self, compiled: Compiled, requests: pa.Table) -> pa.Table:

@@ -40,14 +40,16 @@ class DuckDBEngine(Engine):
                                      f"which does not exist in this database")
 
     # -- exact, one request ---------------------------------------------------------------
-    def exact_features(self, compiled: Compiled, params: Mapping[str, Any]) -> dict[str, Any]:
-        with self.cursor() as cur:
-            try:
-                cur.execute(compiled.sql, {k: params[k] for k in compiled.params})
-                rows = cur.fetchmany(2)
-            except duckdb.Error as e:
-                raise QueryError(f"feature queries failed: {_first_line(e)}") from e
-            names = [d[0] for d in cur.description]
+    def exact_features(self, compiled: Compiled, params: Mapping[str, Any], cur=None) -> dict[str, Any]:
+        if cur is None:
+            with self.cursor() as own:
+                return self.exact_features(compiled, params, own)
+        try:
+            cur.execute(compiled.sql, {k: params[k] for k in compiled.params})
+            rows = cur.fetchmany(2)
+        except duckdb.Error as e:
+            raise QueryError(f"feature queries failed: {_first_line(e)}") from e
+        names = [d[0] for d in cur.description]
         if len(rows) != 1:
             raise QueryError(self._too_many_rows(compiled.queries, params))
         return dict(zip(names, rows[0]))

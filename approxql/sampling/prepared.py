@@ -45,6 +45,20 @@ class PreparedSource(SampleSource):
             items.append(self.current_sql())
         return f"SELECT {', '.join(items)} FROM {quote(self.prepared.copy)} AS {quote(plan.alias)} WHERE {where}"
 
+    def rows_sql(self, plan: AggregatePlan, layout: MomentLayout, lo: float, hi: float, *, check_source: bool,
+                 seed: int = 0) -> SampleSQL:
+        """The increment's rows themselves (its contribution columns, then the staleness check
+        when asked): for a few thousand rows, far cheaper than the summing statement, whose
+        dozens of aggregate expressions DuckDB spends milliseconds binding and optimizing
+        (measured: 1.4 ms against 4.8 ms for 1,100 rows of ten AVG/STDDEV features)."""
+        key = ("rows", check_source)
+        if key not in self._sql:
+            _, where = self._parts(plan, layout, [])
+            items = layout.rows_sql() + ([f"({self.current_sql()})::INTEGER"] if check_source else [])
+            self._sql[key] = (f"SELECT {', '.join(items)} FROM {quote(self.prepared.copy)} AS {quote(plan.alias)} "
+                              f"WHERE {where}")
+        return SampleSQL(self._sql[key], key_ranges(lo, hi, offset_of(seed)), clustered=False)
+
     def current_sql(self) -> str:
         """True while the copy has as many rows as its source (the staleness check)."""
         return (f"(SELECT count(*) FROM {quote(self.prepared.source)}) = "

@@ -33,6 +33,9 @@ MIN_CLUSTERS = 50      # sampled blocks below which a block-sampled interval is 
 MIN_QUANTILE_CLUSTERS = 100  # Woodruff's quantile interval needs more blocks (measured: 0.91 at ~58)
 VALUE_CAP = 20_000     # quantile values kept per term (a nested sub-sample beyond that)
 CENTER_ROWS = 10_000   # rows read once to center each aggregated expression
+ROW_PATH_MAX = 10_000  # an increment expected to hold at most this many rows is read as rows
+                       # (measured on 5 columns: rows 1.4-2.1 ms, sums 4.8-5.1 ms up to 6k rows;
+                       # even at ~2e4 rows, sums past that)
 
 
 @dataclass(frozen=True)
@@ -191,16 +194,22 @@ class QuerySampler:
             return 1.0
         return self.c.source.next_fraction(self.fraction, wanted)
 
-    def advance(self, cur: duckdb.DuckDBPyConnection, p: float) -> None:
-        """Read the sample up to fraction ``p`` (1.0 = compute the query exactly)."""
+    def advance(self, cur: duckdb.DuckDBPyConnection, p: float, *, matching: float | None = None) -> None:
+        """Read the sample up to fraction ``p`` (1.0 = compute the query exactly). ``matching``
+        (the rows the query matches, as far as the caller knows) picks how: an increment of a
+        few thousand rows is read as rows and summed here, a larger one summed by DuckDB."""
         if p <= self.fraction:
             return
         if p >= 1.0 or not self.c.sampled:
-            self.set_exact(self.engine.exact_features(self.c.exact, self.params))
+            self.set_exact(self.engine.exact_features(self.c.exact, self.params, cur))
             return
         if self.fraction == 0.0 and self.c.exact_only is not None:
-            self.exact_values = self.engine.exact_features(self.c.exact_only, self.params)
+            self.exact_values = self.engine.exact_features(self.c.exact_only, self.params, cur)
         inc = self.increment(p, check=self.fraction == 0.0 and isinstance(self.c.source, PreparedSource))
+        if (isinstance(self.c.source, PreparedSource) and not inc.growing and matching is not None
+                and matching * (p - inc.lo) <= ROW_PATH_MAX):
+            self._advance_rows(cur, inc)
+            return
         stmt = self.c.source.increment_sql(self.c.plan, self.c.layout, inc.lo, p, list(inc.growing), inc.cap,
                                            check_source=inc.check, seed=self.seed)
         try:
@@ -212,6 +221,25 @@ class QuerySampler:
             self.fall_back(self.stale_note())
             return
         self.absorb(inc, row, clustered=stmt.clustered)
+
+    def _advance_rows(self, cur, inc: "Increment") -> None:
+        stmt = self.c.source.rows_sql(self.c.plan, self.c.layout, inc.lo, inc.hi, check_source=inc.check,
+                                      seed=self.seed)
+        try:
+            bound = {k: self.params[k] for k in self.c.sample_params}
+            got = cur.execute(stmt.sql, {**bound, **stmt.extra_params}).fetchnumpy()
+        except duckdb.Error as e:
+            raise QueryError(f"sampling query {self.c.query.name} failed: {_first_line(e)}") from e
+        columns = list(got.values())
+        if inc.check:
+            current = columns.pop()
+            ok = bool(current[0]) if len(current) else cur.execute(
+                f"SELECT {self.c.source.current_sql()}").fetchall()[0][0]
+            if not ok:
+                self.fall_back(self.stale_note())
+                return
+        moments = self.c.layout.moments_from_rows(columns)
+        self._take(inc, moments, matching_seen=moments.n)
 
     def increment(self, p: float, *, check: bool = False) -> "Increment":
         """What the next read covers: keys [lo, p) (nested) or a fresh sample at p, and which
@@ -242,9 +270,7 @@ class QuerySampler:
                                f"too few for block sampling; computed exactly (prepare the table to sample it)")
                 return
         width = self.c.layout.result_width(clustered=clustered)
-        inc_moments = self.c.layout.moments(row, clustered=clustered)
-        nested = self.c.source.nested
-        self.moments = inc_moments if (self.moments is None or not nested) else self.moments.merge(inc_moments)
+        self._take(inc, self.c.layout.moments(row, clustered=clustered))
         rest = row[width:]
         for i, t in enumerate(inc.growing):
             values, extra = rest[2 * i], rest[2 * i + 1]
@@ -257,7 +283,14 @@ class QuerySampler:
                 self.values.setdefault(t, []).append(arr)
                 # the cap-th key: where the kept values stop being the whole increment
                 self.value_fraction[t] = p if extra is None else float(extra)
-        self.fraction = p
+
+    def _take(self, inc: "Increment", moments: Moments, *, matching_seen: int | None = None) -> None:
+        """Merge an increment's moments (nested sources add up; others replace) and move to its fraction."""
+        if matching_seen:
+            self.matching_hint = matching_seen / (inc.hi - inc.lo)
+        nested = self.c.source.nested
+        self.moments = moments if (self.moments is None or not nested) else self.moments.merge(moments)
+        self.fraction = inc.hi
 
     def set_exact(self, values: Mapping[str, Any]) -> None:
         """The query's features computed exactly (here or in a batch with other requests)."""
