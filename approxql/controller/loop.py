@@ -28,9 +28,9 @@ def predict(pipe: "Pipeline", request: Mapping[str, Any], opts: Options) -> Pred
             elif isinstance(op, Infer):
                 result = pipe.model.run(op.rows)
             elif isinstance(op, Fixed):
-                result = pipe.fixed_features(op.bound)
+                result = pipe.fixed_features(op.bound, cur)
             elif isinstance(op, ExactAll):
-                result = pipe.exact_raw(op.bound)
+                result = pipe.exact_raw(op.bound, cur)
                 run.reads.append({"query": "*", "fraction": (0.0, 1.0), "rows": None,
                                   "ms": (time.perf_counter() - t0) * 1e3, "exact": True})
             else:
@@ -48,7 +48,7 @@ def _advance(run: RequestRun, op: Read, cur) -> None:
         before = s.fraction
         known = estimated_matching(s.result()) if 0 < before < 1 else None   # this request's estimate so far
         t0 = time.perf_counter()
-        s.advance(cur, p)
+        s.advance(cur, p, matching=known or s.matching_hint or book.typical_matching(q))
         ms = (time.perf_counter() - t0) * 1e3
         known = known or s.matching_hint   # set by a sample that then had to give way to exact
         r = s.result() if s.fraction < 1.0 else None
