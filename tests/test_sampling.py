@@ -104,12 +104,13 @@ ROW_PATH_ITEMS = ("COUNT(*) AS n, COUNT(y) AS ny, SUM(x) AS s, AVG(x) AS a, VAR_
                   "SUM(CASE WHEN flag THEN x ELSE 0 END) AS sc")
 
 
+@pytest.mark.parametrize("items", [ROW_PATH_ITEMS, "COUNT(*) AS n"])
 @pytest.mark.parametrize("k", [1, 2, 99])   # many rows, one run, none
-def test_row_path_equals_summing_path(db, k):
+def test_row_path_equals_summing_path(db, k, items):
     """Small increments are read as rows and summed in numpy: the same moments (NULLs, FILTERs,
     CASE, ratios) and so the same estimates as DuckDB's sums, step by step."""
     prepare(db, "t", by=["k"])
-    q = query(ROW_PATH_ITEMS)
+    q = query(items)
     params = {"k": k, "lim": 3.0}
     compiled = compile_query(DuckDBEngine(db), db, q, strategy="prepared")
     rows, sums = (QuerySampler(compiled, DuckDBEngine(db), params, seed=3) for _ in range(2))

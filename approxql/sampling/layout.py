@@ -133,8 +133,9 @@ class MomentLayout:
         every contribution column from them, so a square or an indicator costs no fetched column
         (measured: 5 columns fetch in 1.4 ms where their 15 contribution columns took 4.4)."""
         numeric, present, filters = self._row_inputs()
-        return ([f"CAST(({a}) AS DOUBLE)" for a in numeric] + [f"(({a}) IS NOT NULL)" for a in present]
-                + [f"COALESCE(({f}), FALSE)" for f in filters])
+        items = ([f"CAST(({a}) AS DOUBLE)" for a in numeric] + [f"(({a}) IS NOT NULL)" for a in present]
+                 + [f"COALESCE(({f}), FALSE)" for f in filters])
+        return items or ["1"]   # a plain COUNT(*) needs only the rows themselves
 
     def _row_inputs(self) -> tuple[list[str], list[str], list[str]]:
         numeric = list(dict.fromkeys(c.arg for c in self.columns if c.value is not None))
