@@ -35,9 +35,14 @@ def test_guarantee_holds_over_500_requests(world, name):
 
 def test_an_ignored_feature_is_never_refined(world):
     pipe = make_pipeline(world, "linear")
+    sampled = 0
     for i, r in enumerate(world["requests"].to_pylist()[:80]):
         pred = pipe.predict(r, seed=i)
+        if pred.stop_reason.startswith("every feature is exact:"):
+            continue   # served exactly at once, a choice on whole-request costs, not a refinement
+        sampled += 1
         assert pred.rates["q3"] <= 0.03, pred.explain()   # avg_d stays at its first fraction
+    assert sampled >= 40
 
 
 def test_delta_zero_gives_the_exact_prediction(world):

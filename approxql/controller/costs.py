@@ -1,4 +1,5 @@
-"""What a feature query costs, learned online, and where recent requests finished.
+"""What a feature query costs, learned online, where recent requests finished, and what whole
+requests cost sampled against computed exactly at once.
 
 Both are shared by every request of a pipeline (and by threads), so each update takes a lock.
 """
@@ -7,7 +8,8 @@ from __future__ import annotations
 import statistics
 import threading
 from collections import deque
-from dataclasses import dataclass, field, replace
+from copy import copy as copy_of
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -69,6 +71,53 @@ class QueryCosts:
 
 
 
+ARM_MEMORY = 16   # recent whole-request latencies kept per way of serving
+ARM_MIN = 5       # sampled requests seen before exact-at-once is tried against them
+EXPLORE = 32      # the losing way is tried again once in this many requests
+
+
+@dataclass
+class Arms:
+    """End-to-end latencies of recent requests served by sampling and exactly at once. Per-query
+    costs predict one statement; only whole requests show what the extra rounds, the falls back
+    to exact and the controller itself cost, so they decide whether sampling pays at all."""
+
+    sampled: deque = field(default_factory=lambda: deque(maxlen=ARM_MEMORY))
+    exact: deque = field(default_factory=lambda: deque(maxlen=ARM_MEMORY))
+    since_loser: int = 0       # requests served since the losing way was last tried
+    served: int = 0            # requests recorded in all
+
+    def copy(self) -> "Arms":
+        return Arms(deque(self.sampled, ARM_MEMORY), deque(self.exact, ARM_MEMORY), self.since_loser, self.served)
+
+    def exact_pays(self) -> tuple[bool, str]:
+        """Whether to serve the next request exactly at once, and why (empty: no evidence yet)."""
+        if len(self.sampled) < ARM_MIN:
+            return False, ""
+        winner = self._winner_exact()
+        if winner is None:
+            return True, "exact at once is being tried against sampling"
+        explore = self.since_loser >= EXPLORE
+        s, e = statistics.median(self.sampled), statistics.median(self.exact)
+        return winner != explore, (f"recent requests took a median {e:.2f} ms exact at once against "
+                                   f"{s:.2f} ms sampled" + ("; the other way is tried again" if explore else ""))
+
+    def add(self, exact: bool, ms: float) -> None:
+        winner = self._winner_exact()
+        if winner is not None and exact != winner:   # the losing way was tried: while it does
+            best = statistics.median(self.exact if winner else self.sampled)   # better, try it again
+            self.since_loser = EXPLORE if ms < best else 0
+        else:
+            self.since_loser += 1
+        (self.exact if exact else self.sampled).append(ms)
+        self.served += 1
+
+    def _winner_exact(self) -> bool | None:
+        if len(self.sampled) < ARM_MIN or len(self.exact) < 3:
+            return None
+        return statistics.median(self.exact) < statistics.median(self.sampled)
+
+
 class CostBook:
     """Per-query costs and warm-start memory of one pipeline.
 
@@ -79,14 +128,21 @@ class CostBook:
     def __init__(self):
         self._lock = threading.Lock()
         self._queries: dict[str, QueryCosts] = {}
+        self.arms = Arms()
 
     def snapshot(self) -> "CostBook":
         copy = CostBook()
         with self._lock:
-            copy._queries = {name: QueryCosts(replace(q.sampling), replace(q.exact), deque(q.finished, 64),
+            copy._queries = {name: QueryCosts(copy_of(q.sampling), copy_of(q.exact), deque(q.finished, 64),
                                               deque(q.matching, 64), deque(q.forced, 8))
                              for name, q in self._queries.items()}
+            copy.arms = self.arms.copy()
         return copy
+
+    def record_request(self, exact_at_once: bool, ms: float) -> None:
+        """A request served alone ended: how it was served and its latency."""
+        with self._lock:
+            self.arms.add(exact_at_once, ms)
 
     def merge(self, log: "CostLog") -> None:
         """Add one request's observations."""
@@ -103,7 +159,10 @@ class CostBook:
                     q.matching.append(matching)
 
     def _get(self, query: str) -> QueryCosts:
-        return self._queries.setdefault(query, QueryCosts())
+        q = self._queries.get(query)
+        if q is None:   # not setdefault: building the default on every call cost ~20 us a request
+            q = self._queries[query] = QueryCosts()
+        return q
 
     def sampling_ms(self, query: str, rows: float) -> float:
         with self._lock:

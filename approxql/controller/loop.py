@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from ..params import bind_request
 from ..prediction import Prediction
 from .options import Options
-from .run import ExactAll, Fixed, Infer, Read, RequestRun, estimated_matching
+from .run import ExactAll, Fixed, Infer, Read, RequestRun, estimated_matching, learns_arms
 
 if TYPE_CHECKING:
     from ..pipeline import Pipeline
@@ -37,7 +37,10 @@ def predict(pipe: "Pipeline", request: Mapping[str, Any], opts: Options) -> Pred
                 raise AssertionError(f"unknown operation {op!r}")
             run.charge(op.stage, t0)
             op = run.send(result)
-    return run.prediction
+    pred = run.prediction
+    if opts.learn and learns_arms(opts):   # batches share their statements: no lone latency to learn
+        pipe.costs.record_request(run.exact_at_once, pred.latency_ms)
+    return pred
 
 
 def _advance(run: RequestRun, op: Read, cur) -> None:

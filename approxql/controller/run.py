@@ -78,6 +78,7 @@ class RequestRun:
     stages: dict = field(default_factory=lambda: defaultdict(float))
     log: CostLog = field(default_factory=CostLog)
     reads: list = field(default_factory=list)      # the serial driver's per-statement trace
+    exact_at_once: bool = False                    # served by one exact statement, not sampled
     prediction: Prediction | None = None
 
     def start(self):
@@ -114,11 +115,16 @@ class RequestRun:
     def _run(self) -> Generator[Any, Any, Prediction]:
         pipe, opts, book, clock = self.pipe, self.opts, self.book, self._clock
         plans = pipe.sampling_plans(strategy=opts.strategy)
+        whole_exact, why = book.arms.exact_pays() if learns_arms(opts) else (False, "")
+        if whole_exact:          # whole requests have been cheaper exact: no sampler is even built
+            self.exact_at_once = True
+            return (yield from self._exact_at_once(plans, why))
         seed = request_seed(self.bound, opts.seed)   # requests must not share a sample: their errors would be one
         samplers = {q: QuerySampler(c, pipe.engine, self.bound, seed=seed) for q, c in plans.items()}
         targets = _start(book, samplers, opts)
         if all(p >= 1.0 for p in targets.values()):
-            return (yield from self._exact_at_once(samplers))
+            self.exact_at_once = True
+            return (yield from self._exact_at_once(plans, forced=_forced_now(pipe, samplers)))
         fixed = yield from self._wait(Fixed(self.bound), "planning")
         history: list[dict] = []
         stop_reason, probability, value = "", 0.0, None
@@ -187,22 +193,24 @@ class RequestRun:
         stages["other"] = max(latency - sum(stages.values()), 0.0)
         return replace(pred, latency_ms=latency, stages_ms=stages, reads=tuple(self.reads))
 
-    def _exact_at_once(self, samplers):
-        """Every query is predicted cheaper exact: one statement for all features."""
+    def _exact_at_once(self, plans, why: str = "", forced: dict | None = None):
+        """Every query is predicted cheaper exact (``forced`` says which must stay so), or whole
+        requests have been (``why``): one statement for all features. Only the first teaches the
+        warm start: a choice made on whole requests says nothing of the fraction a query needs."""
         pipe, opts = self.pipe, self.opts
         raw = yield from self._wait(ExactAll(self.bound), "planning")
         features = pipe.model_features(raw)
         value = yield from self._value([features[n] for n in pipe.inputs], "estimation")
-        if opts.learn:
-            log = CostLog(finished=[(q, 1.0, None, forced) for q, forced in _forced_now(pipe, samplers).items()])
-            pipe.costs.merge(log)
+        if opts.learn and forced is not None:
+            pipe.costs.merge(CostLog(finished=[(q, 1.0, None, f) for q, f in forced.items()]))
         reason = ("every feature is exact: initial_fraction=1" if opts.initial_fraction == 1 else
+                  f"every feature is exact: {why}" if why else
                   "every feature is exact: each query was started exact (sampling it failed for recent "
                   "requests, or exact is predicted no dearer)")
         return self._finish(Prediction(
             value=value, probability=1.0, exact=True, features=features,
             rates={q.name: 1.0 for q in pipe.spec.aggregate_queries}, rounds=1, latency_ms=0.0,
-            stop_reason=reason, notes={q: s.c.describe() for q, s in samplers.items()}))
+            stop_reason=reason, notes={q: c.describe() for q, c in plans.items()}))
 
     def _biathlon_round(self, samplers, results, state, round_no: int):
         """Saltelli propagation (probability and Sobol indices per query), then the published step.
@@ -230,6 +238,12 @@ class RequestRun:
             prop = judge(out, task=pipe.task, delta=opts.delta)
         stalled = prop is not None and len(history) > 1 and history[-2].get("probability") is not None
         return prop, lambda: _plan(pipe, self.book, samplers, results, sens, needs, margin, opts, stalled)
+
+
+def learns_arms(opts: Options) -> bool:
+    """Whether requests choose between sampling and exact at once from whole-request latencies
+    (approxql's own policy, with no first fraction forced)."""
+    return opts.policy == "approxql" and opts.initial_fraction is None
 
 
 def request_seed(bound: Mapping[str, Any], seed: int) -> int:

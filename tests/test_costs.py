@@ -1,0 +1,52 @@
+"""Choosing between sampling and exact at once from whole-request latencies."""
+from __future__ import annotations
+
+from approxql.controller.costs import ARM_MIN, EXPLORE, Arms, CostBook
+
+
+def serve(arms: Arms, sampled_ms: float, exact_ms: float, n: int) -> list[bool]:
+    """Serve n requests as the arms choose; return the choices (True = exact at once)."""
+    chosen = []
+    for _ in range(n):
+        exact, _ = arms.exact_pays()
+        chosen.append(exact)
+        arms.add(exact, exact_ms if exact else sampled_ms)
+    return chosen
+
+
+def test_sampling_is_kept_while_it_is_cheaper():
+    arms = Arms()
+    chosen = serve(arms, sampled_ms=2.0, exact_ms=10.0, n=200)
+    assert chosen[:ARM_MIN] == [False] * ARM_MIN            # sampling first
+    assert chosen[ARM_MIN:ARM_MIN + 3] == [True] * 3        # then exact is measured
+    later = chosen[ARM_MIN + 3:]
+    assert sum(later) in (len(later) // (EXPLORE + 1), len(later) // (EXPLORE + 1) + 1)   # exact retried rarely
+    assert "exact at once against" in arms.exact_pays()[1]
+
+
+def test_exact_wins_when_sampling_costs_more():
+    arms = Arms()
+    chosen = serve(arms, sampled_ms=12.0, exact_ms=10.0, n=200)
+    later = chosen[ARM_MIN + 3:]
+    retried = len(later) - sum(later)
+    assert retried in (len(later) // (EXPLORE + 1), len(later) // (EXPLORE + 1) + 1)   # sampling retried, rarely
+
+
+def test_the_choice_follows_a_change_in_costs():
+    arms = Arms()
+    serve(arms, sampled_ms=12.0, exact_ms=10.0, n=100)
+    assert arms.exact_pays()[0]
+    chosen = serve(arms, sampled_ms=3.0, exact_ms=10.0, n=60)   # e.g. the data grew
+    switched = chosen.index(False)                              # the first retry of sampling
+    assert switched <= EXPLORE + 1
+    assert not any(chosen[switched + 9:])                       # it wins within a few tries, and stays
+
+
+def test_snapshot_copies_the_arms():
+    book = CostBook()
+    for _ in range(ARM_MIN):
+        book.record_request(False, 5.0)
+    snap = book.snapshot()
+    book.record_request(True, 1.0)
+    assert snap.arms.served == ARM_MIN and book.arms.served == ARM_MIN + 1
+    assert list(snap.arms.exact) == [] and list(book.arms.exact) == [1.0]
