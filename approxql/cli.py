@@ -6,6 +6,7 @@ import json
 import sys
 
 from .errors import ApproxQLError
+from .params import _split_top_level
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     prep = sub.add_parser("prepare", help="write a sample-ordered copy of a table for nested sampling")
     prep.add_argument("table", help="table to prepare (it is never modified)")
     prep.add_argument("--db", required=True, help="DuckDB database file")
-    prep.add_argument("--by", required=True, help="comma-separated entity columns the feature queries filter on")
+    prep.add_argument("--by", required=True, help="comma-separated entity columns the feature queries filter on, "
+                      "and optionally a time bucket, e.g. \"pair,date_trunc('hour', ts)\"")
     prep.add_argument("--seed", type=int, default=0, help="seed of the random sample key (default: %(default)s)")
 
     check = sub.add_parser("check", help="validate a pipeline file (and its model and tables with --db)")
@@ -92,7 +94,7 @@ def _prepare(args) -> int:
 
     from .sampling import prepare
     _require_file(args.db)  # never create an empty database as a side effect
-    by = [c.strip() for c in args.by.split(",") if c.strip()]
+    by = [c.strip() for c in _split_top_level(args.by) if c.strip()]   # date_trunc('hour', ts) stays whole
     print(f"preparing {args.table} (sorted by {', '.join(by)}, then a random key) ...", flush=True)
     t0 = time.perf_counter()
     with duckdb.connect(args.db) as con:

@@ -1,6 +1,7 @@
 """Sampling one aggregate query: exactness at fraction 1, nested increments, strategies, fallbacks."""
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import duckdb
@@ -276,10 +277,53 @@ def test_prepared_key_is_independent_of_the_data(tmp_path):
     ("t", ["kk"], 0, "has no column 'kk' (did you mean 'k'?)"),
     ("t", ["k"], -1, "seed must be an integer"),
     ("t", ["k"], 2**22, "seed must be an integer in [0, 2^22)"),
+    ("t", ["k", "floor(xx)"], 0, "by expression 'floor(xx)': table 't' has no column 'xx' (did you mean 'x'?)"),
+    ("t", ["k", "floor(x); DROP TABLE t"], 0, "must be a plain expression of the table's columns"),
+    ("t", ["k", "(SELECT max(x) FROM t)"], 0, "must be a plain expression"),
+    ("t", ["k", "sum(x)"], 0, "must be a plain expression"),
+    ("t", ["k", "row_number() OVER ()"], 0, "must be a plain expression"),
+    ("t", ["k", "floor(x + random())"], 0, "is not deterministic"),
+    ("t", ["k", "floor(1.5)"], 0, "reads no column"),
+    ("t", ["k", "floor(x"], 0, "is not valid SQL"),
 ])
 def test_prepare_bad_arguments(db, table, by, seed, message):
     with pytest.raises(OptionError, match=re.escape(message)):
         prepare(db, table, by, seed=seed)
+
+
+def test_prepare_by_a_time_bucket(tmp_path):
+    """A time window inside an entity: the copy sorted by entity, hour and key gives the same
+    exact answers, and a sample of the window reads a fraction of the window's rows only."""
+    con = duckdb.connect(str(tmp_path / "bucket.duckdb"))
+    con.execute("""CREATE TABLE ev AS SELECT i % 4 AS k, TIMESTAMP '2024-01-01' + INTERVAL (i // 4) SECOND AS ts,
+                   (hash(i) % 1000) / 10.0 AS x FROM range(2000000) r(i)""")
+    prepared = prepare(con, "ev", by=["k", "date_trunc('hour', ts)"])
+    assert prepared.by == ("k", "date_trunc('hour', ts)")
+    order = con.execute(f"""SELECT bool_and(ok) FROM (SELECT (k, date_trunc('hour', ts), {KEY}) >=
+                            lag((k, date_trunc('hour', ts), {KEY})) OVER (ORDER BY rowid) OR rowid = 0 AS ok
+                            FROM ev__approxql_sample)""").fetchall()[0][0]
+    assert order
+    text = ("-- name: t\n-- model: m.onnx\n-- task: regression\n-- params: k INTEGER, at TIMESTAMP\n-- inputs: a\n"
+            "SELECT AVG(x) AS a, COUNT(*) AS n FROM ev WHERE k = $k AND ts >= $at - INTERVAL 1 HOUR AND ts < $at;")
+    q = parse_pipeline(text).queries[0]
+    params = {"k": 2, "at": dt.datetime(2024, 1, 3, 10, 30)}
+    truth = exact_row(con, q, params)
+    _, sampler = run(con, q, "prepared", params, [0.05, 1.0])
+    assert sampler.result().values["a"] == pytest.approx(float(truth["a"]), rel=1e-12)
+    _, sampler = run(con, q, "prepared", params, [0.05])
+    r = sampler.result()
+    assert abs(sampler.moments.n - 0.05 * truth["n"]) < 5 * (0.05 * truth["n"]) ** 0.5   # 5 % of the window
+    assert abs(r.values["n"] - truth["n"]) < 5 * r.stderr["n"]
+
+
+def test_cli_prepare_takes_a_time_bucket(tmp_path):
+    from approxql.cli import main
+    path = tmp_path / "cli_bucket.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE ev AS SELECT i % 4 AS k, TIMESTAMP '2024-01-01' + INTERVAL (i) MINUTE AS ts FROM range(10000) r(i)")
+    assert main(["prepare", "ev", "--db", str(path), "--by", "k, date_trunc('hour', ts)"]) == 0
+    with duckdb.connect(str(path)) as con:
+        assert con.execute(f"SELECT by_columns FROM {CATALOG}").fetchall()[0][0] == ["k", "date_trunc('hour', ts)"]
 
 
 def test_stale_prepared_copy_is_never_used(tmp_path):

@@ -2,7 +2,9 @@
 
 ``prepare`` copies a table, gives every row a stored uniform key ``__approxql_rnd`` and sorts the
 copy by the entity columns and then the key, so that "fraction p of a request's matching rows" is
-the range predicate ``key < p`` and a larger fraction reads only the next range. The source is
+the range predicate ``key < p`` and a larger fraction reads only the next range. A ``by`` entry
+may also be an expression of the columns, such as a time bucket ``date_trunc('hour', ts)``: then a
+time window inside an entity is a run of buckets, which zone maps on the time column find. The source is
 never modified. Copy and catalog entry are written in one transaction: an interrupted prepare
 leaves the previous state (or nothing), never a half-written copy that pipelines would use.
 """
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import duckdb
+import sqlglot
+from sqlglot import exp
 
 from ..errors import OptionError, QueryError
 from .base import quote
@@ -43,18 +47,12 @@ def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, se
         raise OptionError(f"seed must be an integer in [0, 2^22), got {seed!r}")
     with con.cursor() as cur:
         columns = _columns(cur, table)
-        for col in by:
-            if not isinstance(col, str):
-                raise OptionError(f"prepare: by must be column names (strings), got {col!r}")
-            if col not in columns:
-                hint = difflib.get_close_matches(col, columns, n=1)
-                raise OptionError(f"prepare: table {table!r} has no column {col!r}"
-                                  + (f" (did you mean {hint[0]!r}?)" if hint else "") + f"; columns: {', '.join(columns)}")
+        items = [_order_item(table, col, columns) for col in by]
         if KEY in columns:
             raise OptionError(f"prepare: {table!r} already has a {KEY} column; prepare the source table, not a copy")
         copy = f"{table}__approxql_sample"
         building = f"{copy}__building"
-        order = ", ".join([quote(c) for c in by] + [KEY])
+        order = ", ".join(items + [KEY])
         # The key must be independent of the data and across seeds. Measured: hash(rowid, seed) is
         # |corr| = 1 across seeds; one hash(rowid) shares top bits with hash(2^k * rowid), so data
         # made from DuckDB hashes sampled 1 % of some groups at z = 11. Hashing twice is clean
@@ -80,6 +78,50 @@ def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, se
                                  f"if any, is still in use): {first}") from e
             raise
     return PreparedTable(table, copy, tuple(by), seed, rows, now)
+
+
+VALUE_NODES = (exp.Func, exp.Binary, exp.Unary, exp.Column, exp.Identifier, exp.Literal, exp.Cast, exp.Paren,
+               exp.Case, exp.If, exp.DataType, exp.Interval, exp.Var, exp.Boolean, exp.Null)   # nothing else
+VOLATILE = {"random", "uuid", "gen_random_uuid", "now", "current_timestamp", "current_date", "current_time",
+            "get_current_timestamp", "nextval", "currval", "setval", "setseed"}
+
+
+def _order_item(table: str, entry, columns: list[str]) -> str:
+    """One ORDER BY item of the copy: a column (quoted), or an expression of columns (anything
+    with a parenthesis, e.g. ``date_trunc('hour', ts)``), parsed and rendered with quoted names:
+    no subquery, aggregate, window, parameter or volatile function."""
+    if not isinstance(entry, str):
+        raise OptionError(f"prepare: by must be column names or expressions (strings), got {entry!r}")
+    if "(" not in entry:
+        if entry not in columns:
+            hint = difflib.get_close_matches(entry, columns, n=1)
+            raise OptionError(f"prepare: table {table!r} has no column {entry!r}"
+                              + (f" (did you mean {hint[0]!r}?)" if hint else "") + f"; columns: {', '.join(columns)}")
+        return quote(entry)
+    try:
+        if entry.count("(") != entry.count(")"):   # sqlglot would quietly close them
+            raise sqlglot.errors.ParseError("unbalanced parentheses")
+        tree = sqlglot.parse_one(entry, read="duckdb")
+    except (sqlglot.errors.SqlglotError, RecursionError) as e:
+        raise OptionError(f"prepare: by expression {entry!r} is not valid SQL: {str(e).splitlines()[0][:200]}") from None
+    bad = next((n for n in tree.walk() if not isinstance(n, VALUE_NODES)
+                or isinstance(n, (exp.AggFunc, exp.Placeholder, exp.Parameter, exp.Star))), None)
+    if bad is not None:
+        raise OptionError(f"prepare: by expression {entry!r} must be a plain expression of the table's columns "
+                          f"(no subquery, aggregate, window, parameter or *)")
+    names = {f.name.lower() for f in tree.find_all(exp.Func) if isinstance(f, exp.Anonymous)} | \
+        {f.sql_name().lower() for f in tree.find_all(exp.Func) if not isinstance(f, exp.Anonymous)}
+    if names & VOLATILE or list(tree.find_all(exp.Rand)) or list(tree.find_all(exp.CurrentTimestamp)):
+        raise OptionError(f"prepare: by expression {entry!r} is not deterministic: the copy's order must be")
+    cols = [c.name for c in tree.find_all(exp.Column)]
+    if not cols:
+        raise OptionError(f"prepare: by expression {entry!r} reads no column of {table!r}")
+    for c in cols:
+        if c not in columns:
+            hint = difflib.get_close_matches(c, columns, n=1)
+            raise OptionError(f"prepare: by expression {entry!r}: table {table!r} has no column {c!r}"
+                              + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    return tree.sql("duckdb", identify=True)
 
 
 def _rollback(cur) -> None:
