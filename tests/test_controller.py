@@ -174,3 +174,15 @@ def test_fixed_policy_reads_one_sample_and_promises_nothing(world):
     assert p.rates["q1"] == pytest.approx(0.05) and not p.exact
     with pytest.raises(OptionError, match="initial_fraction"):
         pipe.predict(r, policy="fixed")
+
+
+def test_the_warm_start_learns_what_sufficed_not_where_requests_stopped(world):
+    """Requests made to start high (25 %) and stopping there at once must not pin later starts
+    at 25 %: each records the fraction its own output variance shows would have sufficed."""
+    pipe = make_pipeline(world, "linear")
+    preds = [pipe.predict(r, seed=i, initial_fraction=0.25) for i, r in enumerate(world["requests"].to_pylist()[:20])]
+    first_round = [p for p in preds if p.rounds == 1 and not p.exact]
+    assert len(first_round) >= 10
+    warm = {q: pipe.costs.warm_fraction(q) for q in ("q1", "q2", "q3")}
+    assert all(w is not None and w < 0.25 for w in warm.values()), warm
+    assert min(warm.values()) < 0.1, warm
