@@ -57,7 +57,8 @@ def test_pipeline_file_matches_requests():
     assert [t for _, t in cols] == ["VARCHAR", "TIMESTAMP", "DOUBLE"]
     assert [p.type_sql for p in spec.params] == ["TEXT", "TIMESTAMP"]
     assert {q.tables[0] for q in spec.queries} == {"ticks", "tick_hours"}
-    assert PIPELINE.table == "ticks" and set(PIPELINE.by) <= {c for c, _ in cols}
+    assert PIPELINE.table == "ticks" and PIPELINE.by == ("pair", "date_trunc('hour', ts)")
+    assert {"pair", "ts"} <= {c for c, _ in cols}
 
 
 def _truefx_fixture(folder):

@@ -118,7 +118,7 @@ def _databases(bp: BenchPipeline, data_dir: Path, scale: float, seed: int):
         con.execute("CREATE TABLE __bench_done AS SELECT 1 AS done")
         con.execute("CHECKPOINT")
         fast_path.unlink(missing_ok=True)
-    elif lookup(con.cursor(), bp.table) is None:
+    elif (prepared := lookup(con.cursor(), bp.table)) is None or prepared.by != bp.by:   # e.g. by changed
         approxql.prepare(con, bp.table, by=list(bp.by))
     if not fast_path.exists():
         tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE table_name NOT LIKE "

@@ -178,7 +178,7 @@ def load(con: duckdb.DuckDBPyConnection, path: Path) -> None:
 
 
 PIPELINE = BenchPipeline(
-    name="tick_price", task="regression", table="ticks", by=("pair",), order=("pair", "ts"),
+    name="tick_price", task="regression", table="ticks", by=("pair", "date_trunc('hour', ts)"), order=("pair", "ts"),
     generate=generate, load=load, file_format="TrueFX tick CSV (pair,yyyyMMdd HH:mm:ss.SSS,bid,ask; no header)",
     make_model=lambda: LinearRegression(),
     rows_per_request="ticks of one pair in the current hour so far: mean ~1e5 at scale 1 "

@@ -92,7 +92,7 @@ def load(con: duckdb.DuckDBPyConnection, path: Path) -> None:
 
 
 PIPELINE = BenchPipeline(
-    name="trips_fare", task="regression", table="trips", by=("pickup_zone",), order=("pickup_zone", "pickup_time"),
+    name="trips_fare", task="regression", table="trips", by=("pickup_zone", "date_trunc('hour', pickup_time)"), order=("pickup_zone", "pickup_time"),
     generate=generate, load=load, file_format="NYC TLC trip records (Parquet or CSV)",
     make_model=lambda: GradientBoostingRegressor(n_estimators=150, max_depth=3, learning_rate=0.1, random_state=0),
     rows_per_request="pickups of one zone in one hour: ~2e4 (median zone) to ~8e4 at scale 1, x scale",
