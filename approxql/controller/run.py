@@ -120,12 +120,12 @@ class RequestRun:
         if whole_exact:          # whole requests have been cheaper exact: no sampler is even built
             self.exact_at_once = True
             return (yield from self._exact_at_once(plans, why))
-        seed = request_seed(self.bound, opts.seed)   # requests must not share a sample: their errors would be one
-        samplers = {q: QuerySampler(c, pipe.engine, self.bound, seed=seed) for q, c in plans.items()}
-        targets = _start(book, samplers, opts)
+        targets = _start(book, plans, opts)
         if all(p >= 1.0 for p in targets.values()):
             self.exact_at_once = True
-            return (yield from self._exact_at_once(plans, forced=_forced_now(pipe, samplers)))
+            return (yield from self._exact_at_once(plans, forced=_forced_now(pipe, plans)))
+        seed = request_seed(self.bound, opts.seed)   # requests must not share a sample: their errors would be one
+        samplers = {q: QuerySampler(c, pipe.engine, self.bound, seed=seed) for q, c in plans.items()}
         fixed = yield from self._wait(Fixed(self.bound), "planning")
         history: list[dict] = []
         stop_reason, probability, value = "", 0.0, None
@@ -266,10 +266,10 @@ def _label_margin(out: ModelOutput) -> float | None:
     return float((p[0] - (p[1] if len(p) > 1 else 0.0)) / 2)
 
 
-def _forced_now(pipe, samplers) -> dict[str, bool]:
+def _forced_now(pipe, plans) -> dict[str, bool]:
     """Queries started exact because sampling them keeps failing stay marked so."""
     book = pipe.costs
-    return {q: (not s.c.sampled) or book.sampling_impossible(q) for q, s in samplers.items()}
+    return {q: (not c.sampled) or book.sampling_impossible(q) for q, c in plans.items()}
 
 
 class _Clock:
@@ -285,12 +285,12 @@ class _Clock:
         self.t = time.perf_counter()
 
 
-def _start(book, samplers, opts: Options) -> dict[str, float]:
+def _start(book, plans, opts: Options) -> dict[str, float]:
     """First fractions: 5 % for Biathlon; else the option, the warm start, or the default; exact
     at once where exact is predicted no dearer than that first sample."""
     targets = {}
-    for q, s in samplers.items():
-        if not s.c.sampled:
+    for q, c in plans.items():
+        if not c.sampled:
             targets[q] = 1.0
         elif opts.policy == "biathlon":
             targets[q] = biathlon.START
