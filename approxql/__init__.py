@@ -8,6 +8,7 @@ from .errors import (ApproxQLError, ModelError, NullFeatureError, OptionError, P
 from .pipeline import Pipeline, load_pipeline
 from .pipeline_file import PipelineSpec, read_pipeline_file
 from .prediction import Prediction
+from .profiler import profile
 from .sampling import prepare
 from .sql_function import register, register_all
 
@@ -15,6 +16,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ApproxQLError", "ModelError", "NullFeatureError", "OptionError", "PipelineError", "QueryError",
-    "RequestError", "Pipeline", "PipelineSpec", "Prediction", "load_pipeline", "prepare", "read_pipeline_file",
+    "RequestError", "Pipeline", "PipelineSpec", "Prediction", "load_pipeline", "prepare", "profile", "read_pipeline_file",
     "register", "register_all",
 ]

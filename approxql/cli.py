@@ -36,6 +36,20 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("pipeline", help="pipeline .sql file")
     check.add_argument("--db", help="DuckDB database file to check the tables against")
 
+    prof = sub.add_parser("profile", help="replay requests: where the latency goes, and what-ifs (fraction for an SLO, "
+                                          "peak rates, layouts, scale-out)")
+    prof.add_argument("pipeline", help="pipeline .sql file")
+    prof.add_argument("--db", required=True, help="DuckDB database file (opened read-only)")
+    prof.add_argument("--requests", help="JSON lines, CSV or Parquet file with the params as columns "
+                                         "(default: table <pipeline name>_requests in the database)")
+    prof.add_argument("--slo", help="latency target in ms (median): the largest sampling fraction that meets it")
+    prof.add_argument("-n", type=int, default=50, help="requests replayed, drawn from the file or table (default: %(default)s)")
+    prof.add_argument("--json", action="store_true", help="print the profile as JSON")
+    prof.add_argument("--png", help="write the stage breakdown as a PNG here")
+    prof.add_argument("--nodes", default="1,2,4,8", help="node counts of the scale-out model (default: %(default)s)")
+    prof.add_argument("--bandwidth-gbps", default="10", help="network bandwidth of the scale-out model (default: %(default)s)")
+    prof.add_argument("--seed", type=int, default=0, help="seed of the request draw and the samples (default: %(default)s)")
+
     bench = sub.add_parser("bench", add_help=False, help="run the benchmark suite (from a checkout; --help for options)")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
 
@@ -120,6 +134,48 @@ def _check(args) -> int:
     return 0
 
 
+def _profile(args) -> int:
+    import duckdb
+
+    from .errors import OptionError
+    from .pipeline import load_pipeline
+    from .profiler import profile
+    from .profiler.requests import load_requests
+    slo = None if args.slo is None else _positive(args.slo, "--slo")
+    bandwidth = _positive(args.bandwidth_gbps, "--bandwidth-gbps")
+    try:
+        nodes = [int(x) for x in args.nodes.split(",")]
+    except ValueError:
+        nodes = []
+    if not nodes or min(nodes) < 1:
+        raise OptionError(f"--nodes must be comma-separated node counts >= 1, e.g. 1,2,4,8; got {args.nodes!r}")
+    if args.n < 1 or not 0 <= args.seed < 2**31 - 100_000:
+        raise OptionError(f"-n must be >= 1 and --seed in [0, 2^31 - 1e5); got {args.n} and {args.seed}")
+    _require_file(args.db)
+    with duckdb.connect(args.db, read_only=True) as con:
+        pipe = load_pipeline(args.pipeline, con=con, warm=True)
+        requests = load_requests(con, pipe.spec, args.requests, n=args.n, seed=args.seed)
+        prof = profile(pipe, requests, slo_ms=slo, seed=args.seed, nodes=nodes, bandwidth_gbps=bandwidth,
+                       progress=sys.stderr.isatty())
+    if args.png:
+        prof.save_png(args.png)
+    print(json.dumps(prof.to_dict(), indent=1) if args.json else prof.text())
+    return 0
+
+
+def _positive(text: str, option: str) -> float:
+    import math
+
+    from .errors import OptionError
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise OptionError(f"{option} must be a number > 0, got {text!r}")
+    return value
+
+
 def _require_file(path: str) -> None:
     from pathlib import Path
     if not Path(path).is_file():
@@ -163,7 +219,7 @@ def _bench(argv: list[str]) -> int:
     return bench_main(argv)
 
 
-_COMMANDS = {"demo": _demo, "predict": _predict, "check": _check, "prepare": _prepare}
+_COMMANDS = {"demo": _demo, "predict": _predict, "check": _check, "prepare": _prepare, "profile": _profile}
 
 if __name__ == "__main__":
     sys.exit(main())
