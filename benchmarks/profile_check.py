@@ -107,8 +107,8 @@ def check(short: str, scale: float, n: int, rounds: int, data: Path, threads: in
     measure_set = [rows[i] for i in order[n:2 * n]]         # disjoint from the profiled requests
     delta = pipe.spec.delta
 
-    def fixed(p):
-        return lambda r, i: pipe.predict(r, seed=i, policy="fixed", initial_fraction=p, delta=delta, learn=False)
+    def fixed(p):   # served as a server would: learning (which picks how small reads are read) on
+        return lambda r, i: pipe.predict(r, seed=i, policy="fixed", initial_fraction=p, delta=delta)
 
     # one 1 % sample and exact on the profiled requests, interleaved, the data in memory as the
     # profiler has it (it reads every table once before timing)

@@ -169,6 +169,19 @@ def test_scan_range_rows_enter_the_latency_at_p():
     assert whatif.largest_fraction(6.5, 2.0, q) == pytest.approx(3.5 / 3)
 
 
+def test_largest_fraction_with_a_small_read_statement():
+    # m = 1e5 rows; reads of <= 1e4 rows (p <= 0.1) use a statement of 0.2 ms + 4e-5 ms/row (4 ms per unit
+    # of p), larger ones 1 ms + 1e-5 ms/row (1 ms per unit): L = 2 + 0.2 + 4p below 0.1, 2 + 1 + p above
+    q = {"q": whatif.QueryCost(1.0, 1e-5, 1e5, small=(0.2, 4e-5, 0.0), small_rows=1e4)}
+    assert q["q"].breakpoint == pytest.approx(0.1)
+    assert whatif.predicted_latency(0.05, 2.0, q) == pytest.approx(2.4)
+    assert whatif.predicted_latency(0.5, 2.0, q) == pytest.approx(3.5)
+    assert whatif.largest_fraction(3.4, 2.0, q, cap=0.5) == pytest.approx(0.4)    # on the upper line
+    assert whatif.largest_fraction(2.4, 2.0, q, cap=0.5) == pytest.approx(0.05)   # only the small line fits
+    assert whatif.largest_fraction(2.9, 2.0, q, cap=0.5) == pytest.approx(0.1)    # the break itself
+    assert whatif.largest_fraction(2.1, 2.0, q, cap=0.5) is None
+
+
 def test_largest_fraction_matches_the_hand_solved_value():
     assert whatif.predicted_latency(0.25, 2.0, QUERIES) == pytest.approx(4.0)
     assert whatif.largest_fraction(4.5, 2.0, QUERIES) == pytest.approx(0.5)     # (4.5 - 3.5) / 2

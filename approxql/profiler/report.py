@@ -43,6 +43,8 @@ class QueryProfile:
     peak_rows: int | None
     peak_ms: float | None
     scanned: float = 0.0              # median rows of its scan range (its entity's rows on a prepared copy)
+    small_fit: CostFit | None = None  # the statement of reads of at most ``small_rows`` rows (read as rows)
+    small_rows: float | None = None
 
     @property
     def utilization(self) -> float | None:
@@ -166,6 +168,12 @@ class Profile:
                 f"{'-':>8}{'-':>8}{'-':>8}{'-':>9}{'-':>6}{'-':>5}")
             lines.append(f"  {q.name:<7}{q.matching:>10,.0f}{q.scanned:>12,.0f}{fit}{_rate(q.rows_per_s):>10}"
                          f"{_rate(q.peak_rows_per_s):>12}{_pct(q.utilization):>7}  {q.how}")
+            if q.small_fit is not None:
+                f = q.small_fit
+                lines.append(f"  {'  rows':<7}{'':>10}{'':>12}{f.overhead_ms:>8.3f}{1e6 * f.per_row_ms:>8.2f}"
+                             f"{1e6 * f.per_scanned_ms:>8.2f}{100 * f.rel_rmse:>8.1f}%{_num(f.r2, '.2f'):>6}{f.n:>5}"
+                             f"  reads of at most {q.small_rows:,.0f} rows, which the sampler fetches as rows "
+                             f"(a statement of its own: below p = {q.small_rows / q.matching:.3g} here)")
         f = self.exact_fit
         if f:
             lines.append(f"  {'exact':<7}{self.exact_matching:>10,.0f}{'-':>12}{f.overhead_ms:>8.3f}"
@@ -193,13 +201,21 @@ class Profile:
                 f"{c.fraction:g}: {c.measured_ms:.2f} vs {c.predicted_ms:.2f}" for c in self.sweep)
                 + ("" if not bad else f" — off by more than {100 * WITHIN:.0f} % at " +
                    ", ".join(f"{c.fraction:g}" for c in bad)))
+        piecewise = any(q.small_fit is not None for q, _ in costs)
+        if piecewise:
+            lines.append("    a query read as rows below its break (see 'rows' above) takes that statement's a, b, c there: "
+                         "L(p) is a line between breaks")
         if self.slo_ms is not None and costs and self.fixed_ms is not None and rec.exact_meets_slo is False:
-            floor = self.fixed_ms + sum(f.overhead_ms for _, f in costs)
-            slope = sum(q.matching * f.per_row_ms + q.scanned * f.per_scanned_ms for q, f in costs)
-            p = (self.slo_ms - floor) / slope if slope > 0 else math.inf
-            lines.append(f"  largest fraction within the SLO: p* = (SLO - C - sum a_q) / sum (m_q b_q + s_q c_q) = "
-                         f"({self.slo_ms:g} - {floor:.2f}) / {slope:.3f} = "
-                         + (f"{p:.4g}" if p > 0 else f"{p:.3g} <= 0: no fraction fits"))
+            if piecewise:
+                lines.append("  largest fraction within the SLO: the largest p with L(p) <= SLO, solved on each line "
+                             "between breaks from the top")
+            else:
+                floor = self.fixed_ms + sum(f.overhead_ms for _, f in costs)
+                slope = sum(q.matching * f.per_row_ms + q.scanned * f.per_scanned_ms for q, f in costs)
+                p = (self.slo_ms - floor) / slope if slope > 0 else math.inf
+                lines.append(f"  largest fraction within the SLO: p* = (SLO - C - sum a_q) / sum (m_q b_q + s_q c_q) = "
+                             f"({self.slo_ms:g} - {floor:.2f}) / {slope:.3f} = "
+                             + (f"{p:.4g}" if p > 0 else f"{p:.3g} <= 0: no fraction fits"))
         if self.slo_ms is not None:
             verdict = "meets" if self.exact.median <= self.slo_ms else "misses"
             lines.append(f"  exact: median {self.exact.median:.2f} ms {verdict} the SLO of {self.slo_ms:g} ms")

@@ -11,10 +11,12 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import OptionError
+from ..sampling import sampler
 from . import costmodel, layout, peak, replay, stages, whatif
 from .report import FractionCheck, LatencySummary, Profile, QueryProfile, ScaleOut
 
 FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+ROW_PATH_MAX = getattr(sampler, "ROW_PATH_MAX", None)   # reads of at most this many rows fetch rows
 NODES = (1, 2, 4, 8)
 
 
@@ -35,17 +37,21 @@ def profile(pipe, requests: Sequence[Mapping[str, Any]] | pa.Table, *, slo_ms: f
     that is not serving other threads meanwhile (they would share, and disturb, every timing)."""
     reqs = requests.to_pylist() if isinstance(requests, (pa.Table, pa.RecordBatch)) else list(requests)
     _check(reqs, slo_ms, fractions, sweep_requests, layout_requests, repeats, nodes, bandwidth_gbps, hop_ms)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**31 - 40_000 - len(reqs):
+        raise OptionError(f"seed must be an integer in [0, 2^31 - 40000 - requests), got {seed!r}")
     tau = pipe.spec.tau if tau is None else tau
     delta = pipe.spec.delta if delta is None else delta
     first = _first_valid(pipe, reqs)
     peak.warm(pipe, first)       # measure a server whose data is in memory, each layout alike
     peaks = {q.name: peak.measure(pipe, q, first, repeats) for q in pipe.spec.aggregate_queries}
+    plans = pipe.sampling_plans()
     saved = pipe.costs.snapshot()
     k = min(sweep_requests, len(reqs))
     bar = _bar(progress, min(warmup, len(reqs)) + len(reqs) + 2 * k * len(fractions), pipe.name)
     try:
         replay.serve(pipe, reqs[:warmup], seed=seed + 10_000, tau=tau, delta=delta, bar=bar)   # warm caches, untimed
         served, exact, failed = replay.serve(pipe, reqs, seed=seed, tau=tau, delta=delta, bar=bar)
+        typical = {q: pipe.costs.typical_matching(q) for q in plans}   # what the sweep's reads choose their statement by
         swept = replay.sweep(pipe, reqs[:k], sorted(fractions), seed=seed, tau=tau, delta=delta, bar=bar)
     finally:
         pipe.costs = saved
@@ -57,7 +63,6 @@ def profile(pipe, requests: Sequence[Mapping[str, Any]] | pa.Table, *, slo_ms: f
     counts = dict(zip(ok, replay.row_counts(pipe, [reqs[i] for i in ok])))   # request -> query -> (matching, range)
     matching = {i: {q: m for q, (m, _) in c.items()} for i, c in counts.items()}
     scanned = {i: {q: s for q, (_, s) in c.items()} for i, c in counts.items()}
-    plans = pipe.sampling_plans()
     sampled = [q for q, c in plans.items() if c.sampled]
 
     # the cost model: sampled statements from the sweep (a query whose sweep reads all had to be
@@ -65,16 +70,23 @@ def profile(pipe, requests: Sequence[Mapping[str, Any]] | pa.Table, *, slo_ms: f
     live = {r["query"] for _, _, p in swept for r in p.reads if r["query"] in sampled and not r["exact"]}
     clean = [(i, f, p) for i, f, p in swept if i in matching
              and all(not r["exact"] for r in p.reads if r["query"] in live)]
-    nested = {q: bool(getattr(plans[q].source, "nested", False)) for q in live}
-    fits = {q: costmodel.fit_scan((r["rows"], _span(r, nested[q]) * scanned[i][q], r["ms"]) for i, _, p in clean
-                                  for r in p.reads if r["query"] == q and r["rows"] is not None) for q in live}
-    fits = {q: f for q, f in fits.items() if f is not None}
+    fits, small_fits = {}, {}
+    for q in live:
+        nested = bool(getattr(plans[q].source, "nested", False))
+        points = [(f, _small_read(plans[q], typical[q], r), (r["rows"], _span(r, nested) * scanned[i][q], r["ms"]))
+                  for i, f, p in clean for r in p.reads if r["query"] == q and r["rows"] is not None]
+        kind = {flag: [pt for _, is_small, pt in points if is_small == flag] for flag in (False, True)}
+        seen = {flag: {f for f, is_small, _ in points if is_small == flag} for flag in (False, True)}
+        if len(seen[True]) >= 2 and len(seen[False]) >= 2:   # one line per statement, each seen at 2+ fractions
+            fits[q], small_fits[q] = costmodel.fit_scan(kind[False]), costmodel.fit_scan(kind[True])
+        elif points:
+            fits[q] = costmodel.fit_scan(pt for _, _, pt in points)
     anchor = statistics.median(replay.empty_exact_ms(pipe, first, max(repeats, 5)))
     total_m = {i: sum(matching[i].values()) for i, _ in exact}
     exact_fit = costmodel.fit([(total_m[i], e.stages_ms.get("queries", 0.0)) for i, e in exact], overhead_ms=anchor)
     fixed_ms = _median([p.latency_ms - sum(r["ms"] for r in p.reads if r["query"] in fits) for _, _, p in clean])
-    costs = _costs(fits, matching, scanned, ok) if fixed_ms is not None else {}
-    checks = _checks(clean, fixed_ms, fits, matching, scanned)
+    costs = _costs(fits, small_fits, matching, scanned, ok) if fixed_ms is not None else {}
+    checks = _checks(clean, fixed_ms, fits, small_fits, matching, scanned)
 
     # what actually happened: stages, rates, where requests stopped
     served_preds = [p for _, p in served]
@@ -103,7 +115,8 @@ def profile(pipe, requests: Sequence[Mapping[str, Any]] | pa.Table, *, slo_ms: f
             c.describe().split(": ", 1)[1], _median([m[q.name] for m in matching.values()]) or 0.0, fits.get(q.name),
             None if measured is None else measured * 1e3, None if pk is None else pk.rows_per_ms * 1e3,
             None if pk is None else pk.rows, None if pk is None else pk.ms,
-            _median([m[q.name] for m in scanned.values()]) or 0.0))
+            _median([m[q.name] for m in scanned.values()]) or 0.0, small_fits.get(q.name),
+            ROW_PATH_MAX if q.name in small_fits else None))
     peak_ms = _peak_latency(served_preds, reads, [matching[i] for i in ok], peaks)
 
     lay = []
@@ -215,13 +228,31 @@ def _span(read, nested: bool) -> float:
     return after - before if nested else after
 
 
-def _costs(fits, matching, scanned, idx) -> dict[str, whatif.QueryCost]:
+def _small_read(compiled, typical: float | None, read) -> bool:
+    """Whether the sampler read this increment as rows rather than summing it in SQL: it does on
+    a prepared copy, for a query without quantiles, when the rows it expects (the learned typical
+    matching rows times the increment) are few. The sweep learns nothing, so that count is fixed."""
+    if ROW_PATH_MAX is None or typical is None or getattr(compiled.source, "prepared", None) is None:
+        return False
+    if any(t.is_quantile for t in compiled.plan.terms):
+        return False
+    before, after = read["fraction"]
+    return typical * (after - before) <= ROW_PATH_MAX
+
+
+def _costs(fits, small_fits, matching, scanned, idx) -> dict[str, whatif.QueryCost]:
     """Each fitted query's cost for a typical request of ``idx`` (median matching and scan rows)."""
-    return {q: whatif.QueryCost(f.overhead_ms, f.per_row_ms, _median([matching[i][q] for i in idx]),
-                                f.per_scanned_ms, _median([scanned[i][q] for i in idx])) for q, f in fits.items()}
+    out = {}
+    for q, f in fits.items():
+        small = small_fits.get(q)
+        out[q] = whatif.QueryCost(f.overhead_ms, f.per_row_ms, _median([matching[i][q] for i in idx]),
+                                  f.per_scanned_ms, _median([scanned[i][q] for i in idx]),
+                                  None if small is None else (small.overhead_ms, small.per_row_ms, small.per_scanned_ms),
+                                  ROW_PATH_MAX or 0.0)
+    return out
 
 
-def _checks(clean, fixed_ms, fits, matching, scanned) -> list[FractionCheck]:
+def _checks(clean, fixed_ms, fits, small_fits, matching, scanned) -> list[FractionCheck]:
     """Measured median latency at each swept fraction against the cost model's prediction for the
     same requests (their own matching rows)."""
     if fixed_ms is None or not fits:
@@ -229,7 +260,7 @@ def _checks(clean, fixed_ms, fits, matching, scanned) -> list[FractionCheck]:
     out = []
     for f in sorted({f for _, f, _ in clean}):
         at = [(i, p) for i, g, p in clean if g == f]
-        costs = _costs(fits, matching, scanned, [i for i, _ in at])
+        costs = _costs(fits, small_fits, matching, scanned, [i for i, _ in at])
         out.append(FractionCheck(f, statistics.median(p.latency_ms for _, p in at),
                                  whatif.predicted_latency(f, fixed_ms, costs), len(at)))
     return out
