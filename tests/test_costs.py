@@ -1,7 +1,11 @@
 """Choosing between sampling and exact at once from whole-request latencies."""
 from __future__ import annotations
 
+import pytest
+
 from approxql.controller.costs import ARM_MIN, EXPLORE, Arms, CostBook
+
+pytestmark = pytest.mark.timing_choices   # constructed latencies: the choice itself is under test
 
 
 def serve(arms: Arms, sampled_ms: float, exact_ms: float, n: int) -> list[bool]:
