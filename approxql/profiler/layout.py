@@ -22,7 +22,8 @@ from sqlglot import exp
 from ..engines.duckdb import quote
 from ..params import bind_request
 from ..sampling.catalog import lookup
-from .peak import on_table, qualified
+from ..sqlparts import column_side, conjuncts, on_table
+from .peak import qualified
 
 FULL_COPY_ROWS = 5_000_000   # without equality filters the sorted copy is the whole table: only this small
 _ids = itertools.count()
@@ -54,11 +55,11 @@ def filter_columns(where: exp.Expression | None) -> tuple[list[tuple[str, exp.Ex
     eq, rng = [], None
     for c in conjuncts(where):
         if isinstance(c, exp.EQ):
-            side = _column_side(c.this, c.expression)
+            side = column_side(c.this, c.expression)
             if side is not None:
                 eq.append(side)
         elif isinstance(c, (exp.GT, exp.GTE, exp.LT, exp.LTE)) and rng is None:
-            side = _column_side(c.this, c.expression)
+            side = column_side(c.this, c.expression)
             rng = side[0] if side else None
         elif isinstance(c, exp.Between) and rng is None and isinstance(c.this, exp.Column):
             rng = c.this.name
@@ -73,7 +74,7 @@ def scan_filter(where: exp.Expression | None, by) -> exp.Expression | None:
     for entry in by:
         node = sqlglot.parse_one(entry, read="duckdb") if "(" in entry else exp.column(entry)
         if isinstance(node, exp.Column):
-            eq = [c for c in parts if isinstance(c, exp.EQ) and (_column_side(c.this, c.expression) or ("",))[0]
+            eq = [c for c in parts if isinstance(c, exp.EQ) and (column_side(c.this, c.expression) or ("",))[0]
                   .lower() == node.name.lower()]
             if eq:
                 keep.append(eq[0].copy())
@@ -102,7 +103,7 @@ def _bounds(parts, col: str):
         if isinstance(c, exp.Between) and isinstance(c.this, exp.Column) and c.this.name.lower() == col:
             lo, hi = c.args["low"], c.args["high"]
         elif isinstance(c, (exp.GT, exp.GTE, exp.LT, exp.LTE)):
-            side = _column_side(c.this, c.expression)
+            side = column_side(c.this, c.expression)
             if side is None or side[0].lower() != col:
                 continue
             column_left = isinstance(c.this, exp.Column)
@@ -203,20 +204,3 @@ def _time(pipe, layouts, bounds, repeats: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def conjuncts(where) -> list:
-    """The terms of a WHERE's top-level AND."""
-    if where is None:
-        return []
-    if isinstance(where, exp.Paren):
-        return conjuncts(where.this)
-    if isinstance(where, exp.And):
-        return conjuncts(where.this) + conjuncts(where.expression)
-    return [where]
-
-
-def _column_side(a, b):
-    """(column name, other side) when exactly one side is a bare column and the other reads none."""
-    for col, other in ((a, b), (b, a)):
-        if isinstance(col, exp.Column) and not any(other.find_all(exp.Column)) and not isinstance(other, exp.Column):
-            return col.name, other
-    return None

@@ -14,12 +14,12 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-import sqlglot
 from sqlglot import exp
 
 from ..engines.duckdb import quote
 from ..params import bind_request
 from ..sampling.catalog import KEY, lookup
+from ..sqlparts import on_table
 
 
 @dataclass(frozen=True)
@@ -81,16 +81,6 @@ def full_scan(query, also: tuple[str, ...] = ()):
         sel = sel.where(" AND ".join(f"{c} = {c}" for c in columns), dialect="duckdb")
     used = {p.name for p in sel.find_all(exp.Placeholder)}
     return replace(query, select=sel, params=tuple(p for p in query.params if p in used))
-
-
-def on_table(query, table_sql: str):
-    """The query reading ``table_sql`` instead of its table, under the name it refers to it by."""
-    sel = query.select.copy()
-    node = sel.args["from_"].this
-    alias = node.alias_or_name
-    new = sqlglot.parse_one(f"SELECT 1 FROM {table_sql} AS {quote(alias)}", read="duckdb").args["from_"].this
-    node.replace(new)
-    return replace(query, select=sel)
 
 
 def qualified(name: str) -> str:
