@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from .engines import DuckDBEngine, Engine
 from .errors import ApproxQLError, ModelError, NullFeatureError, OptionError, RequestError
 from .controller.costs import CostBook
+from .merge import merge_scans
 from .model import OnnxModel, scalar
 from .params import bind_request
 from .pipeline_file import PipelineSpec, read_pipeline_file
@@ -48,8 +49,9 @@ class Pipeline:
         except ModelError as e:
             raise ModelError(f"{spec.path}: {e}") from None
         engine.check_tables(spec.queries)
-        self._exact = engine.compile_exact(spec.queries)
+        self._exact = engine.compile_exact(merge_scans(spec.queries, engine.dialect))
         self._exact_batch = None
+        self._served = None                      # the exact plan approxql serves with (on copies)
         self._sampling: dict[str, dict] = {}     # strategy -> query name -> CompiledQuery
         self._sampling_lock = threading.Lock()
         cheap = [q for q in spec.queries if q.kind is not QueryKind.AGGREGATE]
@@ -84,17 +86,34 @@ class Pipeline:
         """Every feature of a bound request, exactly, in one statement (NULL stays None)."""
         return self.engine.exact_features(self._exact, bound, cur)
 
+    def served_exact_raw(self, bound: Mapping[str, Any], cur=None) -> tuple[dict[str, Any], str]:
+        """``exact_raw`` as approxql serves it when it decides to compute exactly: on prepared
+        copies where their order finds the rows (see ``sampling.exact_plan``); and a note when a
+        stale copy sent it to the sources."""
+        if self._served is None:
+            from .sampling.exact_plan import ExactPlan, exact_plan
+            con = getattr(self.engine, "con", None)
+            if con is None:
+                plan = ExactPlan(None, self._exact)
+            else:
+                with con.cursor() as own:
+                    plan = exact_plan(self.engine, own, merge_scans(self.spec.queries, self.engine.dialect), self._exact)
+            with self._sampling_lock:
+                self._served = self._served or plan
+        return self._served.run(self.engine, bound, cur)
+
     def exact_raw_many(self, bounds: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """``exact_raw`` of many bound requests: one lateral statement (one each when few)."""
-        if self._exact_batch is None:
-            self._exact_batch = self.engine.compile_exact(self.spec.queries, batch=True)
-        return self._raw_many(self._exact, self._exact_batch, bounds)
+        return self._raw_many(self._exact, self._exact_many(), bounds)
 
     def exact_features_many(self, requests: Sequence[Mapping[str, Any]] | pa.Table) -> pa.Table:
         """Exact feature values for many requests in one statement (fills applied), in request order."""
+        return exact_feature_table(self.spec, self.engine, requests, self._exact_many())
+
+    def _exact_many(self):
         if self._exact_batch is None:
-            self._exact_batch = self.engine.compile_exact(self.spec.queries, batch=True)
-        return exact_feature_table(self.spec, self.engine, requests, self._exact_batch)
+            self._exact_batch = self.engine.compile_exact(merge_scans(self.spec.queries, self.engine.dialect), batch=True)
+        return self._exact_batch
 
     def predict_exact_many(self, requests: Sequence[Mapping[str, Any]] | pa.Table | pa.RecordBatch, *,
                            errors: str = "raise"):
@@ -265,7 +284,7 @@ def exact_feature_table(spec: PipelineSpec, engine: Engine, requests, compiled=N
     """Exact features of many requests with fill values applied; needs no model, so training
     scripts use it to build their feature matrix the same way predictions do."""
     table = requests_table(spec, requests)
-    compiled = compiled or engine.compile_exact(spec.queries, batch=True)
+    compiled = compiled or engine.compile_exact(merge_scans(spec.queries, engine.dialect), batch=True)
     out = engine.exact_features_many(compiled, table)
     for name, value in spec.fill.items():
         i = out.column_names.index(name)

@@ -77,7 +77,7 @@ def _serve(pipe, cur, runs, pending: dict[int, Any], types) -> dict[int, Any]:
         if kind is Fixed:
             answers.update(zip(ids, pipe.fixed_features_many([op.bound for op in ops])))
         elif kind is ExactAll:
-            answers.update(zip(ids, pipe.exact_raw_many([op.bound for op in ops])))
+            answers.update(zip(ids, [(raw, "") for raw in pipe.exact_raw_many([op.bound for op in ops])]))
         elif kind is Read:
             _read(pipe, cur, ops, types)
         elif kind is Infer:

@@ -30,7 +30,7 @@ def predict(pipe: "Pipeline", request: Mapping[str, Any], opts: Options) -> Pred
             elif isinstance(op, Fixed):
                 result = pipe.fixed_features(op.bound, cur)
             elif isinstance(op, ExactAll):
-                result = pipe.exact_raw(op.bound, cur)
+                result = pipe.served_exact_raw(op.bound, cur)
                 run.reads.append({"query": "*", "fraction": (0.0, 1.0), "rows": None,
                                   "ms": (time.perf_counter() - t0) * 1e3, "exact": True})
             else:

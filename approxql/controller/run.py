@@ -53,7 +53,7 @@ class Fixed:
 
 @dataclass(frozen=True)
 class ExactAll:
-    """Compute every feature of ``bound`` exactly; answer with a dict of raw values."""
+    """Compute every feature of ``bound`` exactly; answer with (raw values, a note when a stale copy was skipped)."""
     bound: Mapping[str, Any]
     stage = "queries"
 
@@ -202,7 +202,7 @@ class RequestRun:
         requests have been (``why``): one statement for all features. Only the first teaches the
         warm start: a choice made on whole requests says nothing of the fraction a query needs."""
         pipe, opts = self.pipe, self.opts
-        raw = yield from self._wait(ExactAll(self.bound), "planning")
+        raw, stale = yield from self._wait(ExactAll(self.bound), "planning")
         features = pipe.model_features(raw)
         value = yield from self._value([features[n] for n in pipe.inputs], "estimation")
         if opts.learn and forced is not None:
@@ -210,7 +210,7 @@ class RequestRun:
         reason = ("every feature is exact: initial_fraction=1" if opts.initial_fraction == 1 else
                   f"every feature is exact: {why}" if why else
                   "every feature is exact: each query was started exact (sampling it failed for recent "
-                  "requests, or exact is predicted no dearer)")
+                  "requests, or exact is predicted no dearer)") + (f"; {stale}" if stale else "")
         return self._finish(Prediction(
             value=value, probability=1.0, exact=True, features=features,
             rates={q.name: 1.0 for q in pipe.spec.aggregate_queries}, rounds=1, latency_ms=0.0,

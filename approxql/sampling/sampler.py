@@ -24,6 +24,7 @@ from .base import SampleSource, quote
 from .catalog import lookup
 from .layout import MomentLayout
 from .exact import ExactSource
+from .exact_plan import ExactPlan, exact_plan
 from .prepared import PreparedSource
 from .support import CLUSTER_FACTOR, MIN_SUPPORT, tail_support
 from .system import SystemSource
@@ -87,6 +88,7 @@ class CompiledQuery:
     groups: tuple = ()                   # moment features estimated together, with their columns
     exact_many: Compiled | None = None       # ``exact`` for a relation of requests (batches)
     exact_only_many: Compiled | None = None  # ``exact_only`` for a relation of requests
+    exact_plan: ExactPlan | None = None      # ``exact`` on the prepared copy where its order finds the rows
 
     @property
     def sampled(self) -> bool:
@@ -118,10 +120,13 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
     if strategy == "exact":
         return CompiledQuery(query, plan, None, ExactSource(), exact, None, note="strategy 'exact' was asked for",
                              exact_many=exact_many)
+    with con.cursor() as cur:
+        on_copy = exact_plan(engine, cur, [query], exact) if strategy in ("auto", "prepared") else None
+    on_copy = on_copy if on_copy is not None and on_copy.on_copies is not None else None
     if not plan.approximable:
         reasons = plan.exact_reasons()
         return CompiledQuery(query, plan, None, None, exact, None, note="; ".join(sorted(set(reasons.values()))),
-                             exact_many=exact_many)
+                             exact_many=exact_many, exact_plan=on_copy)
     with con.cursor() as cur:
         prepared = lookup(cur, plan.table) if strategy in ("auto", "prepared") else None
         if strategy == "prepared" and prepared is None:
@@ -145,7 +150,7 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
                        if f.approximable and not any(plan.terms[t].is_quantile for t in f.terms)]
     compiled = CompiledQuery(query, plan, layout, source, exact, exact_only, min_support=min_support,
                              sample_params=sample_params, groups=tuple(layout.feature_groups(moment_features)),
-                             exact_many=exact_many, exact_only_many=exact_only_many)
+                             exact_many=exact_many, exact_only_many=exact_only_many, exact_plan=on_copy)
     why = _dry_run(con, compiled)
     if why:  # e.g. a view (no rowid to sample blocks by): sample nothing, rather than fail every request
         return CompiledQuery(query, plan, None, None, exact, None, note=f"sampling SQL cannot run here ({why})",
@@ -201,7 +206,12 @@ class QuerySampler:
         if p <= self.fraction:
             return
         if p >= 1.0 or not self.c.sampled:
-            self.set_exact(self.engine.exact_features(self.c.exact, self.params, cur))
+            if self.c.exact_plan is None:
+                self.set_exact(self.engine.exact_features(self.c.exact, self.params, cur))
+                return
+            values, stale = self.c.exact_plan.run(self.engine, self.params, cur)
+            self.note = stale or self.note
+            self.set_exact(values)
             return
         if self.fraction == 0.0 and self.c.exact_only is not None:
             self.exact_values = self.engine.exact_features(self.c.exact_only, self.params, cur)

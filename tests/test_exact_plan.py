@@ -1,0 +1,106 @@
+"""approxql computes exactly on the prepared copy where the copy's order finds a query's rows, and on
+the source when the copy is stale."""
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+import approxql
+from approxql.params import bind_request
+from approxql.plan import QueryKind
+from approxql.sampling.catalog import lookup
+from approxql.sampling.exact_plan import finds_rows
+
+HEADER = """\
+-- name: plan
+-- model: model.onnx
+-- task: regression
+-- params: k INTEGER, day TIMESTAMP, price DOUBLE
+-- inputs: avg_amount, n_sales, price
+-- delta: 1
+-- fill: avg_amount=0
+"""
+BODY = """\
+SELECT AVG(x) AS avg_amount FROM t WHERE k = $k AND day < $day;
+SELECT COUNT(*) AS n_sales FROM t WHERE day >= $day;
+SELECT $price AS price;
+"""
+
+
+@pytest.fixture()
+def setup(tmp_path, write_pipeline):
+    con = duckdb.connect(str(tmp_path / "plan.duckdb"))
+    con.execute("""CREATE TABLE t AS SELECT (i % 50)::INTEGER AS k, TIMESTAMP '2024-01-01' + to_minutes(i) AS day,
+                   (hash(i) % 1000) / 10.0 AS x FROM range(200000) r(i)""")
+    approxql.prepare(con, "t", by=["k"])
+    pipe = approxql.load_pipeline(write_pipeline(header=HEADER, body=BODY), con=con, warm=True)
+    yield con, pipe
+    con.close()
+
+
+REQUESTS = [{"k": k, "day": f"2024-0{1 + k % 4}-1{k % 10} 06:00", "price": 2.0} for k in range(0, 60, 3)]  # k >= 50: none
+
+
+def test_exact_reads_the_copy_where_its_order_finds_the_rows(setup):
+    con, pipe = setup
+    bound = [bind_request(list(pipe.params), r) for r in REQUESTS]
+    for b in bound:
+        served, note = pipe.served_exact_raw(b)
+        assert note == "" and served.keys() == pipe.exact_raw(b).keys()
+        for name, value in pipe.exact_raw(b).items():
+            assert served[name] == (pytest.approx(value, rel=1e-12) if value is not None else None), (b, name)
+    plan = pipe._served
+    sql = plan.on_copies.sql
+    assert sql.count("t__approxql_sample") == 2          # q1, and the currency check
+    assert "FROM t WHERE day >=" in sql.replace('"', "")   # q2 pins no k: the copy's order would not help
+    with con.cursor() as cur:
+        prepared = lookup(cur, "t")
+    q1, q2 = pipe.spec.aggregate_queries
+    assert finds_rows(q1, prepared) and not finds_rows(q2, prepared)
+
+
+def test_a_query_exact_at_fraction_one_reads_the_copy(setup):
+    con, pipe = setup
+    plans = pipe.sampling_plans()
+    assert plans["q1"].exact_plan is not None and plans["q2"].exact_plan is None
+    for r in REQUESTS[:6]:
+        pred = pipe.predict(r, initial_fraction=1.0, learn=False)
+        exact = pipe.predict_exact(r)
+        assert pred.exact and pred.value == pytest.approx(exact.value, rel=1e-12)
+
+
+def test_a_stale_copy_sends_exact_to_the_source(setup):
+    con, pipe = setup
+    con.execute("INSERT INTO t VALUES (3, TIMESTAMP '2023-12-31', 1e7)")   # after prepare: the copy misses it
+    r = {"k": 3, "day": "2024-02-01", "price": 2.0}
+    b = bind_request(list(pipe.params), r)
+    served, note = pipe.served_exact_raw(b)
+    assert "stale" in note and "approxql prepare again" in note
+    assert served["avg_amount"] == pytest.approx(pipe.exact_raw(b)["avg_amount"]) and served["avg_amount"] > 1000
+    pred = pipe.predict(r, initial_fraction=1.0, learn=False)          # every query exact at once
+    assert "stale" in pred.stop_reason and pred.value == pytest.approx(pipe.predict_exact(r).value)
+    from approxql.sampling import QuerySampler
+    sampler = QuerySampler(pipe.sampling_plans()["q1"], pipe.engine, b, seed=1)
+    with con.cursor() as cur:
+        sampler.advance(cur, 1.0)                                       # one query exact
+    result = sampler.result()
+    assert result.exact and result.values["avg_amount"] == pytest.approx(served["avg_amount"])
+    assert "stale" in result.reasons["avg_amount"]
+
+
+def test_only_a_pinned_leading_entity_reads_the_copy(setup):
+    con, pipe = setup
+    from approxql.pipeline_file import parse_pipeline
+    with con.cursor() as cur:
+        prepared = lookup(cur, "t")
+    spec = parse_pipeline(HEADER.replace("avg_amount, n_sales, price", "a, b, c, d").replace("avg_amount=0", "a=0") + """\
+SELECT AVG(x) AS a FROM t WHERE k = $k;
+SELECT AVG(x) AS b FROM t WHERE k > $k;
+SELECT AVG(x) AS c FROM t AS u JOIN t AS v USING (k) WHERE u.k = $k;
+SELECT x AS d FROM t WHERE k = $k AND day = $day;
+""")
+    a, b, c, d = spec.queries
+    assert finds_rows(a, prepared) and not finds_rows(b, prepared) and not finds_rows(c, prepared)
+    assert d.kind is QueryKind.LOOKUP and not finds_rows(d, prepared)
+    bucketed = prepared.__class__(**{**prepared.__dict__, "by": ("date_trunc('hour', day)", "k")})
+    assert not finds_rows(a, bucketed)
