@@ -104,3 +104,34 @@ SELECT x AS d FROM t WHERE k = $k AND day = $day;
     assert d.kind is QueryKind.LOOKUP and not finds_rows(d, prepared)
     bucketed = prepared.__class__(**{**prepared.__dict__, "by": ("date_trunc('hour', day)", "k")})
     assert not finds_rows(a, bucketed)
+
+
+def test_the_faster_read_serves_once_both_were_timed():
+    from approxql.sampling.exact_plan import RETRY, TRIALS, Race
+    race = Race()
+    assert race.on_copies()              # the copy is timed first ...
+    for _ in range(TRIALS):
+        race.record(True, 6.4)
+    assert not race.on_copies()          # ... then the source
+    race = Race()
+    for _ in range(TRIALS):
+        race.record(True, 6.4)           # the copy with its currency check: slower here
+        race.record(False, 5.7)
+    picks = [race.on_copies() for _ in range(2 * RETRY)]
+    assert picks.count(True) == 2 and picks.count(False) == 2 * RETRY - 2   # the slower one is retried
+    for _ in range(8):
+        race.record(True, 1.0)           # the copy became faster: it takes over
+    assert sum(race.on_copies() for _ in range(RETRY)) == RETRY - 1
+
+
+def test_served_exact_equals_exact_whichever_read_serves(setup):
+    con, pipe = setup
+    bound = [bind_request(list(pipe.params), r) for r in REQUESTS]
+    for _ in range(3):
+        for b in bound:                  # enough runs for both reads to be timed and chosen
+            served, note = pipe.served_exact_raw(b)
+            assert note == ""
+            for name, value in pipe.exact_raw(b).items():
+                assert served[name] == (pytest.approx(value, rel=1e-12) if value is not None else None)
+    times = pipe._served.race._times
+    assert len(times[True]) >= 3 and len(times[False]) >= 3

@@ -7,11 +7,20 @@ on the fraud pipeline's counts per IP: 2.0 ms against 5.9 on the source). It is 
 the same result, as long as the copy is current; the statement checks that itself and, when the
 copy is stale, the source is read instead.
 
+Which read is faster is measured, not assumed: on small tables the source is already a few
+zone-map-pruned blocks and the currency check is pure cost (measured on flights: 6.4 ms on the
+copy against 5.7 on the source). Each plan is timed on its first runs and the faster by median
+serves, the other timed again once in a while.
+
 ``predict_exact`` stays on the source: it is the reference the guarantee is measured against.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import statistics
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import sqlglot
@@ -24,6 +33,32 @@ from .catalog import PreparedTable, lookup
 from .prepared import PreparedSource
 
 CHECK = "__approxql_current_"
+TRIALS = 3       # runs of each read before the faster (by median) serves
+RETRY = 50       # the slower read is timed again once in this many runs
+MEMORY = 8       # recent run times kept per read
+
+
+class Race:
+    """Two reads of the same rows; which is faster, by the median of their recent run times."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._times = {True: deque(maxlen=MEMORY), False: deque(maxlen=MEMORY)}   # on copies?
+        self._runs = 0
+
+    def on_copies(self) -> bool:
+        """Whether the next run reads the copies: each read until it has TRIALS times, then the faster."""
+        with self._lock:
+            self._runs += 1
+            for arm in (True, False):
+                if len(self._times[arm]) < TRIALS:
+                    return arm
+            faster = statistics.median(self._times[True]) <= statistics.median(self._times[False])
+            return (not faster) if self._runs % RETRY == 0 else faster
+
+    def record(self, on_copies: bool, ms: float) -> None:
+        with self._lock:
+            self._times[on_copies].append(ms)
 
 
 @dataclass(frozen=True)
@@ -34,17 +69,26 @@ class ExactPlan:
     on_sources: Compiled
     checks: tuple[str, ...] = ()
     copies: tuple[str, ...] = ()    # source tables read through their copies
+    race: Race = field(default_factory=Race, compare=False)
 
     def run(self, engine: Engine, params: Mapping[str, Any], cur=None) -> tuple[dict[str, Any], str]:
         """The features, and a note when a stale copy sent the statement to the sources."""
         if self.on_copies is None:
             return engine.exact_features(self.on_sources, params, cur), ""
-        values = engine.exact_features(self.on_copies, params, cur)
+        copies = self.race.on_copies()
+        t0 = time.perf_counter()
+        values = engine.exact_features(self.on_copies if copies else self.on_sources, params, cur)
+        if not copies:
+            self.race.record(False, (time.perf_counter() - t0) * 1e3)
+            return values, ""
         if all(values.pop(c) for c in self.checks):
+            self.race.record(True, (time.perf_counter() - t0) * 1e3)
             return values, ""
         note = (f"the prepared copy of {', '.join(self.copies)} is stale (the source's row count changed since "
                 f"it was prepared); computed exactly on the source — run approxql prepare again")
-        return engine.exact_features(self.on_sources, params, cur), note
+        values = engine.exact_features(self.on_sources, params, cur)
+        self.race.record(True, (time.perf_counter() - t0) * 1e3)   # a stale copy costs both statements
+        return values, note
 
 
 def finds_rows(query: FeatureQuery, prepared: PreparedTable) -> bool:
