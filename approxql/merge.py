@@ -9,8 +9,8 @@ fraud pipeline's three counts: 5.9 ms merged against 10.6 ms as three scans.
 
 A query merges into a group only when one member's WHERE conjuncts are a subset of every other
 member's: then the scan is that member's own. Queries with joins, subqueries, window functions,
-functions sqlglot does not know (they may be aggregates), or anything but SELECT ... FROM ... WHERE
-stay as they are.
+functions sqlglot does not know (they may be aggregates), WITHIN GROUP or IGNORE NULLS aggregates,
+or anything but SELECT ... FROM ... WHERE (USING SAMPLE, GROUP BY, ...) stay as they are.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from sqlglot import exp
 
 from .plan import FeatureQuery, QueryKind
 
-_REFUSED = ("joins", "group", "having", "order", "limit", "offset", "distinct", "qualify", "with_", "with")
+_PLAIN = {"expressions", "from_", "where"}   # a SELECT with anything else (a join, GROUP BY, USING SAMPLE, ...) stays apart
 
 
 def merge_scans(queries: Sequence[FeatureQuery], dialect: str = "duckdb") -> list[FeatureQuery]:
@@ -49,12 +49,14 @@ def merge_scans(queries: Sequence[FeatureQuery], dialect: str = "duckdb") -> lis
 def _mergeable(q: FeatureQuery, dialect: str) -> list[exp.Expression] | None:
     """The WHERE's conjuncts of a query that may share its scan, or None."""
     s = q.select
-    if q.kind is not QueryKind.AGGREGATE or s.args.get("from_") is None or any(s.args.get(k) for k in _REFUSED):
+    if q.kind is not QueryKind.AGGREGATE or s.args.get("from_") is None or any(
+            v for k, v in s.args.items() if k not in _PLAIN):
         return None
     if not isinstance(s.args["from_"].this, exp.Table):
         return None
-    for item in s.expressions:
-        if any(item.find_all(exp.Anonymous, exp.Window, exp.Select, exp.Subquery)):
+    for item in s.expressions:   # WITHIN GROUP, IGNORE NULLS: a FILTER cannot wrap the inner call
+        if any(item.find_all(exp.Anonymous, exp.Window, exp.Select, exp.Subquery, exp.WithinGroup,
+                             exp.IgnoreNulls, exp.RespectNulls)):
             return None
     where = s.args.get("where")
     return _conjuncts(where.this) if where is not None else []

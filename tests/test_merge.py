@@ -123,10 +123,20 @@ SELECT COUNT(DISTINCT app) AS s_apps FROM clicks WHERE ip = $ip;
     "SELECT COUNT(*) + (SELECT COUNT(*) FROM other) AS n2 FROM clicks WHERE ip = $ip AND app = $app;",
     # a lookup is not an aggregate
     "SELECT COUNT(*) AS n1 FROM clicks WHERE ip = $ip;\nSELECT x AS n2 FROM clicks WHERE ip = $ip AND t = $t;",
+    # a sample of its own (review: merged, one query's USING SAMPLE applied to the other's rows)
+    "SELECT COUNT(*) AS n1 FROM clicks WHERE ip = $ip USING SAMPLE 10 ROWS (reservoir, 7);\n"
+    "SELECT COUNT(*) AS n2 FROM clicks WHERE ip = $ip AND app = $app;",
+    # WITHIN GROUP (review: a FILTER around the inner call is not valid SQL)
+    "SELECT COUNT(*) AS n1 FROM clicks WHERE ip = $ip;\n"
+    "SELECT PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY x) AS n2 FROM clicks WHERE ip = $ip AND app = $app;",
+    "SELECT COUNT(*) AS n1 FROM clicks WHERE ip = $ip;\n"
+    "SELECT MODE() WITHIN GROUP (ORDER BY x) AS n2 FROM clicks WHERE ip = $ip AND app = $app;",
 ])
 def test_queries_that_do_not_share_a_scan_stay_apart(clicks, body):
     spec = spec_of(body)
     assert [q.name for q in merge_scans(spec.queries)] == [q.name for q in spec.queries]
+    if "SAMPLE" not in body:
+        assert_same_features(clicks, spec, merge_scans(spec.queries))
 
 
 def test_a_query_joins_the_group_whose_scan_contains_it(clicks):
