@@ -135,3 +135,21 @@ def test_served_exact_equals_exact_whichever_read_serves(setup):
                 assert served[name] == (pytest.approx(value, rel=1e-12) if value is not None else None)
     times = pipe._served.race._times
     assert len(times[True]) >= 3 and len(times[False]) >= 3
+
+
+def test_a_whole_row_reference_sees_the_source_row_on_the_copy(tmp_path, write_pipeline):
+    """Review: the copy's rows carry the key column; COUNT(DISTINCT t) counted 10 rows on the copy
+    where the source has 2 distinct rows."""
+    con = duckdb.connect(str(tmp_path / "rows.duckdb"))
+    con.execute("CREATE TABLE t AS SELECT (i % 2)::INTEGER AS k, (i % 4 // 2)::DOUBLE AS x FROM range(40) r(i)")
+    approxql.prepare(con, "t", by=["k"])
+    body = "SELECT COUNT(DISTINCT t) AS d, COUNT(*) AS n FROM t WHERE k = $k;\nSELECT $price AS price;\n"
+    header = HEADER.replace("avg_amount, n_sales, price", "d, n, price").replace("-- fill: avg_amount=0\n", "")
+    pipe = approxql.load_pipeline(write_pipeline(header=header, body=body), con=con, warm=True)
+    b = bind_request(list(pipe.params), {"k": 1, "day": "2024-01-01", "price": 1.0})
+    assert pipe.exact_raw(b)["d"] == 2
+    for _ in range(8):                   # both reads, whichever the race picks
+        served, note = pipe.served_exact_raw(b)
+        assert served["d"] == 2 and served["n"] == 20 and note == ""
+    assert "__approxql_sample" in pipe._served.on_copies.sql
+    con.close()
