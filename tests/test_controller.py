@@ -37,7 +37,9 @@ def test_an_ignored_feature_is_never_refined(world):
     pipe = make_pipeline(world, "linear")
     sampled = 0
     for i, r in enumerate(world["requests"].to_pylist()[:80]):
-        pred = pipe.predict(r, seed=i)
+        # learn=False: plan from the prior costs. Learned costs follow this machine's timings, and
+        # under load they rightly made finishing every query exactly the cheaper plan (CI failed so)
+        pred = pipe.predict(r, seed=i, learn=False)
         if pred.stop_reason.startswith("every feature is exact:"):
             continue   # served exactly at once, a choice on whole-request costs, not a refinement
         sampled += 1
@@ -90,13 +92,15 @@ def test_identical_seeds_give_identical_results(world):
         pipe = make_pipeline(world, "mlp")
         runs.append([pipe.predict(r, seed=11, learn=False) for r in requests])
     assert all(_same(a, b) for a, b in zip(*runs))
-    # a pipeline that has learned costs and fractions: a pure call repeats exactly
+    # the comparison can tell runs apart: from the same (prior) state, another seed samples otherwise
+    assert any(not _same(a, b) for a, b in zip(runs[1], [pipe.predict(r, seed=12, learn=False) for r in requests]))
+    # a pipeline that has learned costs and fractions: a pure call repeats exactly (whether the
+    # learned costs, which follow this machine's timings, choose sampling or exact)
     for r in requests:
         pipe.predict(r, seed=3)
     first = [pipe.predict(r, seed=11, learn=False) for r in requests]
     again = [pipe.predict(r, seed=11, learn=False) for r in requests]
     assert all(_same(a, b) for a, b in zip(first, again))
-    assert any(not _same(a, b) for a, b in zip(first, [pipe.predict(r, seed=12, learn=False) for r in requests]))
 
 
 def test_time_budget_is_respected(world):
