@@ -20,6 +20,7 @@ from typing import Sequence
 from sqlglot import exp
 
 from .plan import FeatureQuery, QueryKind
+from .sqlparts import conjuncts
 
 _PLAIN = {"expressions", "from_", "where"}   # a SELECT with anything else (a join, GROUP BY, USING SAMPLE, ...) stays apart
 
@@ -59,14 +60,7 @@ def _mergeable(q: FeatureQuery, dialect: str) -> list[exp.Expression] | None:
                              exp.IgnoreNulls, exp.RespectNulls)):
             return None
     where = s.args.get("where")
-    return _conjuncts(where.this) if where is not None else []
-
-
-def _conjuncts(node: exp.Expression) -> list[exp.Expression]:
-    node = node.unnest() if isinstance(node, exp.Paren) else node
-    if isinstance(node, exp.And):
-        return _conjuncts(node.this) + _conjuncts(node.expression)
-    return [node]
+    return conjuncts(where.this if where is not None else None)
 
 
 def _text(node: exp.Expression, dialect: str) -> str:

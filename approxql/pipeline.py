@@ -49,7 +49,8 @@ class Pipeline:
         except ModelError as e:
             raise ModelError(f"{spec.path}: {e}") from None
         engine.check_tables(spec.queries)
-        self._exact = engine.compile_exact(merge_scans(spec.queries, engine.dialect))
+        self._merged = merge_scans(spec.queries, engine.dialect)   # what every exact plan runs
+        self._exact = engine.compile_exact(self._merged)
         self._exact_batch = None
         self._served = None                      # the exact plan approxql serves with (on copies)
         self._sampling: dict[str, dict] = {}     # strategy -> query name -> CompiledQuery
@@ -97,7 +98,7 @@ class Pipeline:
                 plan = ExactPlan(None, self._exact)
             else:
                 with con.cursor() as own:
-                    plan = exact_plan(self.engine, own, merge_scans(self.spec.queries, self.engine.dialect), self._exact)
+                    plan = exact_plan(self.engine, own, self._merged, self._exact)
             with self._sampling_lock:
                 self._served = self._served or plan
         return self._served.run(self.engine, bound, cur)
@@ -112,7 +113,7 @@ class Pipeline:
 
     def _exact_many(self):
         if self._exact_batch is None:
-            self._exact_batch = self.engine.compile_exact(merge_scans(self.spec.queries, self.engine.dialect), batch=True)
+            self._exact_batch = self.engine.compile_exact(self._merged, batch=True)
         return self._exact_batch
 
     def predict_exact_many(self, requests: Sequence[Mapping[str, Any]] | pa.Table | pa.RecordBatch, *,

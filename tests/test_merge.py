@@ -153,19 +153,12 @@ SELECT COUNT(*) AS g4 FROM clicks WHERE ip = $ip AND app = $app AND t < $t;
 
 def test_the_pipeline_exact_path_uses_the_merged_scan(write_pipeline, con):
     import approxql
-    header = """\
--- name: sales
--- model: model.onnx
--- task: regression
--- params: store VARCHAR, day TIMESTAMP, price DOUBLE
--- inputs: avg_amount, n_sales, price
-"""
     body = """\
 SELECT AVG(amount) AS avg_amount FROM sales WHERE store = $store AND day < $day;
 SELECT COUNT(*) AS n_sales FROM sales WHERE store = $store AND day < $day AND day >= $day - INTERVAL 7 DAY;
 SELECT $price AS price;
 """
-    pipe = approxql.load_pipeline(write_pipeline(header=header, body=body), con=con)
+    pipe = approxql.load_pipeline(write_pipeline(body=body), con=con)   # conftest's sales header
     assert pipe._exact.sql.count("FROM sales") == 1
     pred = pipe.predict_exact({"store": "south", "day": "2024-02-01", "price": 3.0})
     by_hand = con.execute("SELECT AVG(amount), (SELECT COUNT(*) FROM sales WHERE store = 'south' AND day < "
