@@ -5,12 +5,20 @@ import pytest
 
 from benchmarks.suite.main import main
 from benchmarks.suite.pipelines import NAMES, available
-from benchmarks.suite.run import SYSTEMS
+from benchmarks.suite.run import SYSTEMS, order_for
 
 
 def test_every_pipeline_is_available():
     assert list(available()) == [n for n in NAMES if n in available()]
     assert {"trips", "flights"} <= set(available())
+
+
+def test_every_system_runs_in_every_position_equally_often():
+    orders = [order_for(i) for i in range(3 * len(SYSTEMS))]
+    assert all(sorted(o) == sorted(SYSTEMS) for o in orders)
+    for position in range(len(SYSTEMS)):
+        seen = [o[position] for o in orders]
+        assert all(seen.count(s) == 3 for s in SYSTEMS)
 
 
 def test_tiny_run_writes_report_and_plots(tmp_path, capsys):
