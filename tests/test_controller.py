@@ -52,12 +52,15 @@ def test_whole_request_latencies_choose_exact_at_once(world):
     from approxql.controller.costs import ARM_MIN
     pipe = make_pipeline(world, "gbdt")
     r = world["requests"].to_pylist()[3]
-    pipe.costs.arms.sampled.extend([9.0] * ARM_MIN)          # sampled requests have been slow ...
-    pipe.costs.arms.exact.extend([2.0] * 3)                  # ... and exact at once fast
+    for _ in range(ARM_MIN):
+        pipe.costs.record_request(False, 9.0)                # sampled requests have been slow ...
+    for _ in range(3):
+        pipe.costs.record_request(True, 2.0)                 # ... and exact at once fast
     pred = pipe.predict(r, seed=1, learn=False)
     assert pred.exact and "exact at once" in pred.stop_reason and pred.value == pytest.approx(pipe.predict_exact(r).value)
     assert "2.00 ms exact at once against 9.00 ms sampled" in pred.stop_reason
-    pipe.costs.arms.exact.extend([30.0] * 3)                 # now exact is the slow way: sample
+    for _ in range(3):
+        pipe.costs.record_request(True, 30.0)                # now exact is the slow way: sample
     assert not pipe.predict(r, seed=1, learn=False).stop_reason.startswith("every feature is exact")
 
 

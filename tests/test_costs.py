@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from approxql.controller.costs import ARM_MIN, EXPLORE, Arms, CostBook
+from approxql.controller.costs import ARM_MIN, EXPLORE, Arms, CostBook, CostLog
 
 pytestmark = pytest.mark.timing_choices   # constructed latencies: the choice itself is under test
 
@@ -54,3 +54,18 @@ def test_snapshot_copies_the_arms():
     book.record_request(True, 1.0)
     assert snap.arms.served == ARM_MIN and book.arms.served == ARM_MIN + 1
     assert list(snap.arms.exact) == [] and list(book.arms.exact) == [1.0]
+
+
+def test_what_a_start_reads_follows_every_merge():
+    book = CostBook()
+    assert book.warm_fraction("q") is None and book.typical_matching("q") is None
+    for fraction, matching in ((0.1, 1000.0), (0.3, None), (0.2, 3000.0)):
+        book.merge(CostLog(finished=[("q", fraction, matching, False)]))
+    assert book.warm_fraction("q") == 0.2 and book.typical_matching("q") == 2000.0
+    snap = book.snapshot()
+    for _ in range(3):
+        book.merge(CostLog(finished=[("q", 1.0, None, True)]))   # three requests in a row forced exact
+    assert book.sampling_impossible("q") and book.warm_fraction("q") == pytest.approx(0.65)
+    assert not snap.sampling_impossible("q") and snap.warm_fraction("q") == 0.2   # the snapshot kept its state
+    book.merge(CostLog(finished=[("q", 0.1, 500.0, False)]))
+    assert not book.sampling_impossible("q") and book.typical_matching("q") == 1000.0

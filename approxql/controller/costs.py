@@ -71,6 +71,22 @@ class QueryCosts:
     finished: deque = field(default_factory=lambda: deque(maxlen=64))
     matching: deque = field(default_factory=lambda: deque(maxlen=64))
     forced: deque = field(default_factory=lambda: deque(maxlen=8))   # finished exact because sampling could not
+    # what every request's start reads, kept up to date by ``CostBook.merge`` instead of being
+    # recomputed per request (two medians of 64 values per query were a third of an exact request's overhead)
+    warm: float | None = None
+    typical: float | None = None
+    impossible: bool = False
+
+    def copy(self) -> "QueryCosts":
+        return QueryCosts(self.sampling.copy(), self.exact.copy(), deque(self.finished, 64), deque(self.matching, 64),
+                          deque(self.forced, 8), self.warm, self.typical, self.impossible)
+
+    def summarize(self, matching_changed: bool) -> None:
+        self.warm = statistics.median(self.finished) if len(self.finished) >= 3 else None
+        if matching_changed:
+            self.typical = statistics.median(self.matching) if self.matching else None
+        recent = list(self.forced)[-3:]
+        self.impossible = len(recent) == 3 and all(recent)
 
 
 
@@ -89,36 +105,33 @@ class Arms:
     exact: deque = field(default_factory=lambda: deque(maxlen=ARM_MEMORY))
     since_loser: int = 0       # requests served since the losing way was last tried
     served: int = 0            # requests recorded in all
+    medians: tuple | None = None   # (sampled, exact) once both have enough requests; kept by ``add``
 
     def copy(self) -> "Arms":
-        return Arms(deque(self.sampled, ARM_MEMORY), deque(self.exact, ARM_MEMORY), self.since_loser, self.served)
+        return Arms(deque(self.sampled, ARM_MEMORY), deque(self.exact, ARM_MEMORY), self.since_loser, self.served,
+                    self.medians)
 
     def exact_pays(self) -> tuple[bool, str]:
         """Whether to serve the next request exactly at once, and why (empty: no evidence yet)."""
         if len(self.sampled) < ARM_MIN:
             return False, ""
-        winner = self._winner_exact()
-        if winner is None:
+        if self.medians is None:
             return True, "exact at once is being tried against sampling"
+        s, e = self.medians
         explore = self.since_loser >= EXPLORE
-        s, e = statistics.median(self.sampled), statistics.median(self.exact)
-        return winner != explore, (f"recent requests took a median {e:.2f} ms exact at once against "
-                                   f"{s:.2f} ms sampled" + ("; the other way is tried again" if explore else ""))
+        return (e < s) != explore, (f"recent requests took a median {e:.2f} ms exact at once against "
+                                    f"{s:.2f} ms sampled" + ("; the other way is tried again" if explore else ""))
 
     def add(self, exact: bool, ms: float) -> None:
-        winner = self._winner_exact()
-        if winner is not None and exact != winner:   # the losing way was tried: while it does
-            best = statistics.median(self.exact if winner else self.sampled)   # better, try it again
+        if self.medians is not None and exact != (self.medians[1] < self.medians[0]):   # the losing way was
+            best = min(self.medians)                            # tried: while it does better, try it again
             self.since_loser = EXPLORE if ms < best else 0
         else:
             self.since_loser += 1
         (self.exact if exact else self.sampled).append(ms)
         self.served += 1
-
-    def _winner_exact(self) -> bool | None:
-        if len(self.sampled) < ARM_MIN or len(self.exact) < 3:
-            return None
-        return statistics.median(self.exact) < statistics.median(self.sampled)
+        enough = len(self.sampled) >= ARM_MIN and len(self.exact) >= 3
+        self.medians = (statistics.median(self.sampled), statistics.median(self.exact)) if enough else None
 
 
 class CostBook:
@@ -136,9 +149,7 @@ class CostBook:
     def snapshot(self) -> "CostBook":
         copy = CostBook()
         with self._lock:
-            copy._queries = {name: QueryCosts(q.sampling.copy(), q.exact.copy(), deque(q.finished, 64),
-                                              deque(q.matching, 64), deque(q.forced, 8))
-                             for name, q in self._queries.items()}
+            copy._queries = {name: q.copy() for name, q in self._queries.items()}
             copy.arms = self.arms.copy()
         return copy
 
@@ -160,6 +171,8 @@ class CostBook:
                 q.forced.append(forced)
                 if matching is not None:
                     q.matching.append(matching)
+            for query in {query for query, *_ in log.finished}:
+                self._queries[query].summarize(any(q == query and m is not None for q, _, m, _ in log.finished))
 
     def _get(self, query: str) -> QueryCosts:
         q = self._queries.get(query)
@@ -189,17 +202,15 @@ class CostBook:
     def warm_fraction(self, query: str) -> float | None:
         """The median fraction recent requests finished at, or None without history."""
         with self._lock:
-            recent = list(self._get(query).finished)
-        return statistics.median(recent) if len(recent) >= 3 else None
+            return self._get(query).warm
 
     def sampling_impossible(self, query: str) -> bool:
         """The last few requests all had to compute this query exactly (stale copy, rows in too
         few blocks): start it exact."""
         with self._lock:
-            recent = list(self._get(query).forced)[-3:]
-        return len(recent) == 3 and all(recent)
+            return self._get(query).impossible
 
     def typical_matching(self, query: str) -> float | None:
+        """The median of the matching rows recent requests saw, or None without history."""
         with self._lock:
-            recent = list(self._get(query).matching)
-        return statistics.median(recent) if recent else None
+            return self._get(query).typical

@@ -75,6 +75,7 @@ class RequestRun:
     opts: Options
     book: CostBook                     # the learned state this request plans from (a snapshot)
     t_start: float
+    snapshot_later: bool = False       # ``book`` is the live state: snapshot it only once the run samples
     stages: dict = field(default_factory=lambda: defaultdict(float))
     log: CostLog = field(default_factory=CostLog)
     reads: list = field(default_factory=list)      # the serial driver's per-statement trace
@@ -120,10 +121,12 @@ class RequestRun:
         if whole_exact:          # whole requests have been cheaper exact: no sampler is even built
             self.exact_at_once = True
             return (yield from self._exact_at_once(plans, why))
-        targets = _start(book, plans, opts)
+        targets, forced = _start(book, plans, opts)
         if all(p >= 1.0 for p in targets.values()):
             self.exact_at_once = True
-            return (yield from self._exact_at_once(plans, forced=_forced_now(pipe, plans)))
+            return (yield from self._exact_at_once(plans, forced=forced))
+        if self.snapshot_later:   # a lone request decided from the live state; sampling plans from a copy of it
+            self.book = book = book.snapshot()
         seed = request_seed(self.bound, opts.seed)   # requests must not share a sample: their errors would be one
         samplers = {q: QuerySampler(c, pipe.engine, self.bound, seed=seed) for q, c in plans.items()}
         fixed = yield from self._wait(Fixed(self.bound), "planning")
@@ -266,12 +269,6 @@ def _label_margin(out: ModelOutput) -> float | None:
     return float((p[0] - (p[1] if len(p) > 1 else 0.0)) / 2)
 
 
-def _forced_now(pipe, plans) -> dict[str, bool]:
-    """Queries started exact because sampling them keeps failing stay marked so."""
-    book = pipe.costs
-    return {q: (not c.sampled) or book.sampling_impossible(q) for q, c in plans.items()}
-
-
 class _Clock:
     def __init__(self, stages):
         self.stages, self.t = stages, time.perf_counter()
@@ -285,11 +282,14 @@ class _Clock:
         self.t = time.perf_counter()
 
 
-def _start(book, plans, opts: Options) -> dict[str, float]:
+def _start(book, plans, opts: Options) -> tuple[dict[str, float], dict[str, bool]]:
     """First fractions: 5 % for Biathlon; else the option, the warm start, or the default; exact
-    at once where exact is predicted no dearer than that first sample."""
-    targets = {}
+    at once where exact is predicted no dearer than that first sample. And per query, whether it
+    is forced exact (not sampled, or sampling it kept failing): such queries stay marked so."""
+    targets, forced = {}, {}
     for q, c in plans.items():
+        impossible = book.sampling_impossible(q)
+        forced[q] = (not c.sampled) or impossible
         if not c.sampled:
             targets[q] = 1.0
         elif opts.policy == "biathlon":
@@ -302,11 +302,11 @@ def _start(book, plans, opts: Options) -> dict[str, float]:
             warm = book.warm_fraction(q)
             p = min(max(warm, 0.001), WARM_CAP) if warm is not None else DEFAULT_START
             matching = book.typical_matching(q)
-            if book.sampling_impossible(q) or (
+            if impossible or (
                     matching is not None and book.exact_ms(q, matching) <= book.sampling_ms(q, p * matching)):
                 p = 1.0
             targets[q] = p
-    return targets
+    return targets, forced
 
 
 def _needed(results, sens: np.ndarray, inputs) -> dict[str, float]:

@@ -48,20 +48,22 @@ class Race:
         self._lock = threading.Lock()
         self._times = {True: deque(maxlen=MEMORY), False: deque(maxlen=MEMORY)}   # on copies?
         self._runs = 0
+        self._faster: bool | None = None   # on copies? None until both reads have TRIALS times
 
     def on_copies(self) -> bool:
         """Whether the next run reads the copies: each read until it has TRIALS times, then the faster."""
         with self._lock:
             self._runs += 1
-            for arm in (True, False):
-                if len(self._times[arm]) < TRIALS:
-                    return arm
-            faster = statistics.median(self._times[True]) <= statistics.median(self._times[False])
-            return (not faster) if self._runs % RETRY == 0 else faster
+            if self._faster is None:
+                return len(self._times[True]) < TRIALS
+            return (not self._faster) if self._runs % RETRY == 0 else self._faster
 
     def record(self, on_copies: bool, ms: float) -> None:
-        with self._lock:
-            self._times[on_copies].append(ms)
+        with self._lock:   # the medians are taken here, once per new time, not on every run
+            times = self._times
+            times[on_copies].append(ms)
+            if len(times[True]) >= TRIALS and len(times[False]) >= TRIALS:
+                self._faster = statistics.median(times[True]) <= statistics.median(times[False])
 
 
 @dataclass(frozen=True)

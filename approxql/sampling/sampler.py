@@ -8,6 +8,7 @@ covariance of the query's features.
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
@@ -96,6 +97,10 @@ class CompiledQuery:
 
     def describe(self) -> str:
         """One line per query for explanations: strategy, and what is exact and why."""
+        return self._description
+
+    @cached_property
+    def _description(self) -> str:   # every prediction's notes carry it: built once
         head = f"{self.query.name} (line {self.query.line}): "
         if not self.sampled:
             return head + f"computed exactly ({self.note})"
