@@ -222,6 +222,24 @@ def feature_covariance(
     return values, cov
 
 
+def covariance_from_jacobian(values, J, j_dir, moments: Moments, p: float) -> tuple[np.ndarray, np.ndarray]:
+    """``feature_covariance`` for a g whose Jacobian ``J`` (m, k) at T_hat and derivative along
+    T_hat itself ``j_dir`` (m,) are known in closed form: the same covariance without the
+    2k + 5 evaluations of g that finite differences take (about 1 ms a round for nine AVGs)."""
+    p = check_p(p)
+    values, bad = _nan_result(np.asarray(values, dtype=np.float64).reshape(-1))
+    m = values.shape[0]
+    if p == 1.0:
+        cov = np.zeros((m, m))
+    else:
+        j_mean = np.asarray(j_dir, dtype=np.float64) * (p / moments.n) if moments.n > 0 else np.full(m, np.nan)
+        with np.errstate(all="ignore"):
+            cov = (1.0 - p) / (p * p) * moments.quad(np.asarray(J, dtype=np.float64), j_mean=j_mean)
+    cov[bad, :] = np.nan
+    cov[:, bad] = np.nan
+    return values, cov
+
+
 def make_estimates(values, cov, *, support: int, exact: bool) -> list[Estimate]:
     """One Estimate per feature from delta-method values and covariance (stderr = sqrt of the diagonal)."""
     values = np.asarray(values, dtype=np.float64).reshape(-1)

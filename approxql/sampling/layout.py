@@ -236,6 +236,43 @@ class MomentLayout:
         return [(sorted(f), sorted(c)) for f, c in groups]
 
 
+def term_gradient(func: str, s: TermSlots, T: np.ndarray) -> tuple[float, dict[int, float], float] | None:
+    """A moment term's value at totals ``T``, its partial derivatives by column, and its derivative
+    along T itself (d/ds at s = 0 of the term at T (1 + s)), in closed form; None where the term
+    is NULL or not smooth (no rows, one row for a sample variance, a variance of 0 under a root),
+    for the caller to fall back on finite differences."""
+    nn = T[s.nn]
+    if func in ("count_star", "count"):
+        return nn, {s.nn: 1.0}, nn
+    if nn <= 0:
+        return None
+    y = T[s.y]
+    if func == "sum":
+        v = y + s.shift * nn
+        return v, {s.y: 1.0, s.nn: s.shift}, v
+    if func == "avg":
+        return y / nn + s.shift, {s.y: 1.0 / nn, s.nn: -y / (nn * nn)}, 0.0
+    y2 = T[s.y2]
+    v = y2 / nn - (y / nn) ** 2                     # var_pop: of degree 0 in T, so 0 along T
+    if v <= 0.0:
+        return None
+    grad = {s.y2: 1.0 / nn, s.y: -2.0 * y / (nn * nn), s.nn: -y2 / (nn * nn) + 2.0 * y * y / nn ** 3}
+    along = 0.0
+    if func not in ("var_pop", "stddev_pop"):       # var_samp = var_pop * nn / (nn - 1)
+        if nn <= 1:
+            return None
+        factor = nn / (nn - 1.0)
+        dfactor = -1.0 / (nn - 1.0) ** 2            # d factor / d nn
+        grad = {c: d * factor for c, d in grad.items()}
+        grad[s.nn] += v * dfactor
+        along = v * dfactor * nn
+        v *= factor
+    if func.startswith("stddev"):
+        root = math.sqrt(v)
+        return root, {c: d / (2.0 * root) for c, d in grad.items()}, along / (2.0 * root)
+    return v, grad, along
+
+
 def _term_value(func: str, s: TermSlots, T: np.ndarray) -> float:
     nn = T[s.nn]
     if func in ("count_star", "count"):

@@ -19,17 +19,18 @@ from sqlglot import exp
 from ..engines.base import Compiled, Engine
 from ..engines.duckdb import _first_line
 from ..errors import OptionError, QueryError
-from ..estimators import Moments, feature_covariance, quantile_estimate, woodruff_quantile
+from ..estimators import (Moments, covariance_from_jacobian, feature_covariance, quantile_estimate,
+                          woodruff_quantile)
 from ..plan import FeatureQuery
 from .base import SampleSource, quote
 from .catalog import lookup
-from .layout import MomentLayout
+from .layout import MomentLayout, term_gradient
 from .exact import ExactSource
 from .exact_plan import ExactPlan, exact_plan
 from .prepared import PreparedSource
 from .support import CLUSTER_FACTOR, MIN_SUPPORT, tail_support
 from .system import SystemSource
-from .terms import AggregatePlan, analyze
+from .terms import AggregatePlan, analyze, term_index
 
 MIN_CLUSTERS = 50      # sampled blocks below which a block-sampled interval is not trusted
 MIN_QUANTILE_CLUSTERS = 100  # Woodruff's quantile interval needs more blocks (measured: 0.91 at ~58)
@@ -405,6 +406,10 @@ class QuerySampler:
         terms = sorted({t for i in group for t in plan.features[i].terms})
         formulas = [plan.features[i].compiled for i in group]
 
+        closed = _bare_term_jacobian(plan, layout, group, cols, base)
+        if closed is not None:
+            return covariance_from_jacobian(*closed, sub, p)
+
         def g(t_sub):
             totals = base.copy()
             totals[cols] = t_sub
@@ -420,6 +425,28 @@ class QuerySampler:
         if self.moments is None or self.moments.n == 0:
             return 0
         return int(round(self.moments.total[slot.nn]))
+
+
+def _bare_term_jacobian(plan, layout: MomentLayout, group: list[int], cols: list[int], totals: np.ndarray):
+    """(values, Jacobian on ``cols``, derivative along the totals) of features that are each one
+    bare moment term (``AVG(x)``, ``COUNT(*)``, ``STDDEV(x)``), in closed form; None when any is
+    an expression of terms or not smooth here (then finite differences)."""
+    where = {c: j for j, c in enumerate(cols)}
+    values, along = np.empty(len(group)), np.empty(len(group))
+    J = np.zeros((len(group), len(cols)))
+    for a, i in enumerate(group):
+        t = term_index(plan.features[i].expression)
+        slot = None if t is None else layout.slots[t]
+        got = None if slot is None else term_gradient(layout.funcs[t], slot, totals)
+        if got is None:
+            return None
+        values[a], grad, along[a] = got
+        for c, d in grad.items():
+            if c in where:
+                J[a, where[c]] = d
+            elif d != 0.0:
+                return None   # a column outside the group (cannot happen for a bare term's own columns)
+    return values, J, along
 
 
 def _num(v) -> float | None:

@@ -93,7 +93,8 @@ def _term_ref(i: int) -> exp.Var:
     return exp.Var(this=f"{_TERM}{i}")
 
 
-def _term_index(node: exp.Expression) -> int | None:
+def term_index(node: exp.Expression) -> int | None:
+    """The term a formula node stands for, or None when it is not a bare term reference."""
     if isinstance(node, exp.Var) and node.name.startswith(_TERM):
         return int(node.name[len(_TERM):])
     return None
@@ -134,7 +135,7 @@ def analyze(query: FeatureQuery) -> AggregatePlan:
                 target.replace(_term_ref(i))
         if why is None:
             why = _formula_reason(body)
-        if why is None and any(terms[i].is_quantile for i in used) and _term_index(body) is None:
+        if why is None and any(terms[i].is_quantile for i in used) and term_index(body) is None:
             why = "a quantile combined with other terms or arithmetic is not estimated; use a bare MEDIAN or QUANTILE"
         features.append(FeatureFormula(name, body, tuple(dict.fromkeys(used)), why))
     return AggregatePlan(query, table.name, where.this if where else None, tuple(terms), tuple(features),
@@ -205,7 +206,7 @@ _SMOOTH_FUNCS = {"ABS": abs, "SQRT": math.sqrt, "LN": math.log, "EXP": math.exp,
 
 def _formula_reason(body: exp.Expression) -> str | None:
     for node in body.walk():
-        if _term_index(node) is not None:
+        if term_index(node) is not None:
             continue
         if isinstance(node, exp.Cast):  # a request parameter's cast, or a cast to floating point
             if not isinstance(node.this, exp.Placeholder) and node.to.this not in _NUMERIC_CASTS:
@@ -233,7 +234,7 @@ _BINARY = {exp.Add: lambda a, b: a + b, exp.Sub: lambda a, b: a - b, exp.Mul: la
 
 def _compile(node: exp.Expression) -> Callable[[np.ndarray, Mapping[str, Any]], float]:
     """Turn a formula into a closure f(term_values, params); SQL NULL is nan and propagates."""
-    i = _term_index(node)
+    i = term_index(node)
     if i is not None:
         return lambda t, p: float(t[i])
     if isinstance(node, exp.Literal):
