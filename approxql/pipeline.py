@@ -18,7 +18,7 @@ from .merge import merge_scans
 from .model import OnnxModel, scalar
 from .params import bind_request
 from .pipeline_file import PipelineSpec, read_pipeline_file
-from .plan import QueryKind
+from .plan import QueryKind, passthrough_params
 from .prediction import Prediction
 
 if TYPE_CHECKING:
@@ -56,7 +56,10 @@ class Pipeline:
         self._sampling: dict[str, dict] = {}     # strategy -> query name -> CompiledQuery
         self._sampling_lock = threading.Lock()
         cheap = [q for q in spec.queries if q.kind is not QueryKind.AGGREGATE]
-        self._fixed = engine.compile_exact(cheap) if cheap else None
+        passing = {q.name: passthrough_params(q, list(spec.params)) for q in cheap}
+        self._passthrough = {f: p for m in passing.values() if m for f, p in m.items()}   # feature -> param
+        self._fixed_queries = [q for q in cheap if not passing[q.name]]   # the rest need a statement
+        self._fixed = engine.compile_exact(self._fixed_queries) if self._fixed_queries else None
         self._fixed_batch = None
         self.costs = CostBook()
 
@@ -203,17 +206,23 @@ class Pipeline:
         return _as_output(requests, results)
 
     def fixed_features(self, bound: Mapping[str, Any], cur=None) -> dict[str, Any]:
-        """Lookups and request-only features: exact, in one statement."""
-        return self.engine.exact_features(self._fixed, bound, cur) if self._fixed is not None else {}
+        """Lookups and request-only features: exact, in one statement; features that are a bare
+        parameter are the request's own values, without one."""
+        out = {f: bound[p] for f, p in self._passthrough.items()}
+        if self._fixed is not None:
+            out.update(self.engine.exact_features(self._fixed, bound, cur))
+        return out
 
     def fixed_features_many(self, bounds: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """``fixed_features`` of many bound requests."""
+        out = [{f: b[p] for f, p in self._passthrough.items()} for b in bounds]
         if self._fixed is None:
-            return [{} for _ in bounds]
+            return out
         if self._fixed_batch is None:
-            cheap = [q for q in self.spec.queries if q.kind is not QueryKind.AGGREGATE]
-            self._fixed_batch = self.engine.compile_exact(cheap, batch=True)
-        return self._raw_many(self._fixed, self._fixed_batch, bounds)
+            self._fixed_batch = self.engine.compile_exact(self._fixed_queries, batch=True)
+        for row, raw in zip(out, self._raw_many(self._fixed, self._fixed_batch, bounds)):
+            row.update(raw)
+        return out
 
     def _raw_many(self, one, many, bounds) -> list[dict[str, Any]]:
         from .sampling.batch import exact_many

@@ -109,3 +109,29 @@ def _top_level_aggregates(select: exp.Select):
 
 def _table_name(table: exp.Table) -> str:
     return ".".join(part for part in (table.catalog, table.db, table.name) if part)
+
+
+# types whose bound Python value (params.coerce) is exactly what DuckDB returns for CAST($p AS type)
+# (not FLOAT, DECIMAL or text types: DuckDB rounds or converts those)
+_PASSTHROUGH_TYPES = {exp.DataType.Type.TINYINT, exp.DataType.Type.SMALLINT, exp.DataType.Type.INT,
+                      exp.DataType.Type.BIGINT, exp.DataType.Type.DOUBLE, exp.DataType.Type.BOOLEAN}
+
+
+def passthrough_params(query: FeatureQuery, params: list[Param]) -> dict[str, str] | None:
+    """For a request-only query whose every feature is just a parameter (``SELECT $t AS elapsed``),
+    feature -> parameter: its values are the bound request's, with no statement to run (a round
+    trip of 0.5-1.4 ms measured in each sampled request). None for any other query."""
+    select = query.select
+    if query.kind is not QueryKind.REQUEST or any(v for k, v in select.args.items() if k != "expressions"):
+        return None
+    declared = {p.name: p for p in params}
+    out = {}
+    for name, item in zip(query.features, select.expressions):
+        node = item.this if isinstance(item, exp.Alias) else item
+        if not (isinstance(node, exp.Cast) and isinstance(node.this, exp.Placeholder)):
+            return None
+        param = declared.get(node.this.name)
+        if param is None or param.type.this not in _PASSTHROUGH_TYPES or node.to != param.type:
+            return None
+        out[name] = param.name
+    return out

@@ -206,3 +206,33 @@ def test_threads_share_one_pipeline(write_pipeline, con):
         t.join()
     assert not errors
     assert [results[i] for i in range(len(requests))] == expected
+
+
+def test_bare_parameters_are_taken_from_the_request_without_a_statement(tmp_path, con):
+    """``SELECT $p AS f`` needs no round trip when the bound value is what DuckDB would return;
+    a FLOAT or DECIMAL (DuckDB rounds them) or any expression still goes to DuckDB."""
+    from sklearn.linear_model import LinearRegression
+    from approxql.training import export_onnx
+    params = "store VARCHAR, day TIMESTAMP, i BIGINT, d DOUBLE, b BOOLEAN, f FLOAT, m DECIMAL(6,2)"
+    features = ["avg_amount", "i", "d", "b", "f", "m", "h"]
+    X = np.random.default_rng(4).normal(size=(40, len(features)))
+    export_onnx(LinearRegression().fit(X, X[:, 0]), len(features), tmp_path / "model.onnx", "regression")
+    path = tmp_path / "p.sql"
+    path.write_text(f"-- name: t\n-- model: model.onnx\n-- task: regression\n-- params: {params}\n"
+                    f"-- inputs: {', '.join(features)}\n"
+                    "SELECT AVG(amount) AS avg_amount FROM sales WHERE store = $store AND day < $day;\n"
+                    "SELECT $i AS i, $d AS d, $b AS b;\n"
+                    "SELECT $f AS f, $m AS m, hour($day) AS h;\n")
+    pipe = approxql.load_pipeline(path, con=con)
+    assert pipe._passthrough == {"i": "i", "d": "d", "b": "b"}
+    assert [q.name for q in pipe._fixed_queries] == ["q3"]
+    request = {"store": "north", "day": "2024-01-20 12:00", "i": 2**40 + 1, "d": 0.1, "b": True, "f": 0.1, "m": 1.005}
+    bound = approxql.params.bind_request(list(pipe.params), request)
+    fixed = pipe.fixed_features(bound)
+    by_duckdb = pipe.exact_raw(bound)
+    for name in ("i", "d", "b", "f", "m", "h"):
+        assert fixed[name] == by_duckdb[name] and type(fixed[name]) is type(by_duckdb[name]), name
+    assert fixed["f"] != 0.1                       # FLOAT: DuckDB's rounding, not the request's double
+    assert pipe.fixed_features_many([bound, bound]) == [fixed, fixed]
+    pred = pipe.predict(request, delta=1.0)
+    assert (pred.features["i"], pred.features["d"], pred.features["b"]) == (2**40 + 1, 0.1, 1.0)
