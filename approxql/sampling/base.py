@@ -33,7 +33,7 @@ class SampleSource(ABC):
 
     @abstractmethod
     def increment_sql(self, plan: AggregatePlan, layout: MomentLayout, lo: float, hi: float,
-                      value_terms: list[int], value_cap: int, *, check_source: bool, seed: int = 0) -> SampleSQL:
+                      value_terms: list[int], value_cap: int, *, seed: int = 0) -> SampleSQL:
         """SQL for the rows with sample key in [lo, hi) (nested) or a fresh sample at ``hi``
         (drawn with ``seed`` where the strategy draws at query time)."""
 

@@ -8,8 +8,9 @@ covariance of the query's features.
 from __future__ import annotations
 
 import math
-from functools import cached_property
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Mapping
 
 import duckdb
@@ -64,14 +65,13 @@ class QueryResult:
 
 @dataclass(frozen=True)
 class Increment:
-    """One read of a sample: keys [lo, hi) (or a fresh sample at hi), the quantile terms that
-    collect values and at most how many, and whether to check the prepared copy is current."""
+    """One read of a sample: keys [lo, hi) (or a fresh sample at hi), and the quantile terms that
+    collect values and at most how many."""
 
     lo: float
     hi: float
     growing: tuple[int, ...]
     cap: int
-    check: bool = False
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def _dry_run(con, c: CompiledQuery) -> str | None:
     """Run the sampling statement once on an empty range with NULL parameters: it binds every
     name now, instead of failing on every request."""
     terms = [t for t, term in enumerate(c.plan.terms) if term.is_quantile]
-    stmt = c.source.increment_sql(c.plan, c.layout, 0.0, 1e-9, terms, 1, check_source=False)
+    stmt = c.source.increment_sql(c.plan, c.layout, 0.0, 1e-9, terms, 1)
     params = {**{k: None for k in c.sample_params}, **stmt.extra_params}
     try:
         with con.cursor() as cur:
@@ -221,43 +221,33 @@ class QuerySampler:
             return
         if self.fraction == 0.0 and self.c.exact_only is not None:
             self.exact_values = self.engine.exact_features(self.c.exact_only, self.params, cur)
-        inc = self.increment(p, check=self.fraction == 0.0 and isinstance(self.c.source, PreparedSource))
-        if (isinstance(self.c.source, PreparedSource) and not inc.growing and matching is not None
-                and matching * (p - inc.lo) <= ROW_PATH_MAX):
-            self._advance_rows(cur, inc)
-            return
-        stmt = self.c.source.increment_sql(self.c.plan, self.c.layout, inc.lo, p, list(inc.growing), inc.cap,
-                                           check_source=inc.check, seed=self.seed)
+        inc = self.increment(p)
+        # the first read of a prepared copy checks it is current, on a second core while it reads
+        current = _check_current(self.engine, self.c.source) if self.fraction == 0.0 and \
+            isinstance(self.c.source, PreparedSource) else None
+        bound = {k: self.params[k] for k in self.c.sample_params}
+        rows = (isinstance(self.c.source, PreparedSource) and not inc.growing and matching is not None
+                and matching * (p - inc.lo) <= ROW_PATH_MAX)
+        if rows:
+            stmt = self.c.source.rows_sql(self.c.plan, self.c.layout, inc.lo, inc.hi, seed=self.seed)
+        else:
+            stmt = self.c.source.increment_sql(self.c.plan, self.c.layout, inc.lo, p, list(inc.growing), inc.cap,
+                                               seed=self.seed)
         try:
-            bound = {k: self.params[k] for k in self.c.sample_params}
-            row = cur.execute(stmt.sql, {**bound, **stmt.extra_params}).fetchall()[0]
+            res = cur.execute(stmt.sql, {**bound, **stmt.extra_params})
+            got = res.fetchnumpy() if rows else res.fetchall()[0]
+            stale = current is not None and not current.result()
         except duckdb.Error as e:
             raise QueryError(f"sampling query {self.c.query.name} failed: {_first_line(e)}") from e
-        if inc.check and not row[-1]:
+        if stale:
             self.fall_back(self.stale_note())
-            return
-        self.absorb(inc, row, clustered=stmt.clustered)
+        elif rows:
+            moments = self.c.layout.moments_from_rows(list(got.values()))
+            self._take(inc, moments, matching_seen=moments.n)
+        else:
+            self.absorb(inc, got, clustered=stmt.clustered)
 
-    def _advance_rows(self, cur, inc: "Increment") -> None:
-        stmt = self.c.source.rows_sql(self.c.plan, self.c.layout, inc.lo, inc.hi, check_source=inc.check,
-                                      seed=self.seed)
-        try:
-            bound = {k: self.params[k] for k in self.c.sample_params}
-            got = cur.execute(stmt.sql, {**bound, **stmt.extra_params}).fetchnumpy()
-        except duckdb.Error as e:
-            raise QueryError(f"sampling query {self.c.query.name} failed: {_first_line(e)}") from e
-        columns = list(got.values())
-        if inc.check:
-            current = columns.pop()
-            ok = bool(current[0]) if len(current) else cur.execute(
-                f"SELECT {self.c.source.current_sql()}").fetchall()[0][0]
-            if not ok:
-                self.fall_back(self.stale_note())
-                return
-        moments = self.c.layout.moments_from_rows(columns)
-        self._take(inc, moments, matching_seen=moments.n)
-
-    def increment(self, p: float, *, check: bool = False) -> "Increment":
+    def increment(self, p: float) -> "Increment":
         """What the next read covers: keys [lo, p) (nested) or a fresh sample at p, and which
         quantile terms still collect values, up to how many."""
         source = self.c.source
@@ -269,7 +259,7 @@ class QuerySampler:
             cap = min((room[t] for t in growing), default=VALUE_CAP)
         else:
             growing, cap = list(self._value_terms), VALUE_CAP
-        return Increment(lo, p, tuple(growing), cap, check)
+        return Increment(lo, p, tuple(growing), cap)
 
     def absorb(self, inc: "Increment", row, *, clustered: bool) -> None:
         """Merge the result row of an increment (as the strategy's SQL returns it)."""
@@ -425,6 +415,22 @@ class QuerySampler:
         if self.moments is None or self.moments.n == 0:
             return 0
         return int(round(self.moments.total[slot.nn]))
+
+
+_CHECKS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="approxql-check")
+
+
+def _check_current(engine: Engine, source: PreparedSource) -> Future:
+    """Whether the prepared copy is current, answered by a worker on its own cursor. The check
+    counts the source's rows, which DuckDB does from row-group metadata: on 2.4e8 rows that took
+    about 2 ms inside the sample statement, and 0.2 ms of a request's latency when run beside it
+    (turbofan at scale 12: a 0.1 % read 6.2 ms with the check inside, 4.0 beside, 3.7 without).
+    Beside, it reads its own snapshot: the copy is current as of a moment of the read, which is
+    what a request can ask (a write a moment later is a later state)."""
+    def run() -> bool:
+        with engine.cursor() as cur:
+            return bool(cur.execute(f"SELECT {source.current_sql()}").fetchall()[0][0])
+    return _CHECKS.submit(run)
 
 
 def _bare_term_jacobian(plan, layout: MomentLayout, group: list[int], cols: list[int], totals: np.ndarray):
