@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy.stats import norm, qmc
+from scipy.special import ndtri
+from scipy.stats import qmc
 
 from ..model import ModelOutput, scalar
 
@@ -19,14 +20,22 @@ class Propagation:
 
 @lru_cache(maxsize=256)
 def normal_draws(d: int, m: int, seed: int) -> np.ndarray:
-    """m scrambled-Sobol points in d dimensions mapped to standard normals (cached: building a
-    scrambled Sobol engine costs more than the model batch; the array is read-only)."""
+    """m randomized-QMC points in d dimensions mapped to standard normals (read-only): one
+    scrambled Sobol set per shape, shifted per seed modulo 1 (a Cranley-Patterson rotation,
+    which keeps each point uniform). Scrambling a Sobol engine per seed cost 0.6 ms, more than
+    the model batch, in every round of every request that brought its own seed; a shift costs
+    a few microseconds."""
     if d == 0:
         return np.zeros((m, 0))
-    u = qmc.Sobol(d, scramble=True, seed=np.random.default_rng(seed)).random(m)
-    z = norm.ppf(np.clip(u, 1e-12, 1 - 1e-12))
+    u = (_sobol(d, m) + np.random.default_rng(seed).random(d)) % 1.0
+    z = ndtri(np.clip(u, 1e-12, 1 - 1e-12))
     z.flags.writeable = False
     return z
+
+
+@lru_cache(maxsize=64)
+def _sobol(d: int, m: int) -> np.ndarray:
+    return qmc.Sobol(d, scramble=True, seed=np.random.default_rng(0)).random(m)
 
 
 def judge(out: ModelOutput, *, task: str, delta: float | None) -> Propagation:
