@@ -117,7 +117,7 @@ class RequestRun:
     def _run(self) -> Generator[Any, Any, Prediction]:
         pipe, opts, book, clock = self.pipe, self.opts, self.book, self._clock
         plans = pipe.sampling_plans(strategy=opts.strategy)
-        whole_exact, why = book.arms.exact_pays() if learns_arms(opts) else (False, "")
+        whole_exact, why = book.exact_pays() if learns_arms(opts) else (False, "")
         if whole_exact:          # whole requests have been cheaper exact: no sampler is even built
             self.exact_at_once = True
             return (yield from self._exact_at_once(plans, why))

@@ -8,6 +8,7 @@ covariance of the query's features.
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -417,7 +418,7 @@ class QuerySampler:
         return int(round(self.moments.total[slot.nn]))
 
 
-_CHECKS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="approxql-check")
+_CHECKS = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2), thread_name_prefix="approxql-check")
 
 
 def _check_current(engine: Engine, source: PreparedSource) -> Future:
