@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Mapping
@@ -240,6 +241,9 @@ class QuerySampler:
             stale = current is not None and not current.result()
         except duckdb.Error as e:
             raise QueryError(f"sampling query {self.c.query.name} failed: {_first_line(e)}") from e
+        finally:
+            if current is not None:
+                wait([current])   # never leave the check running on the caller's connection
         if stale:
             self.fall_back(self.stale_note())
         elif rows:
@@ -418,20 +422,42 @@ class QuerySampler:
         return int(round(self.moments.total[slot.nn]))
 
 
-_CHECKS = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2), thread_name_prefix="approxql-check")
+_checks: ThreadPoolExecutor | None = None
+_checks_lock = threading.Lock()
+
+
+def _reset_checks() -> None:
+    """In a forked child: the parent's pool has no threads there (a submit would wait forever)."""
+    global _checks, _checks_lock
+    _checks, _checks_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_checks)
 
 
 def _check_current(engine: Engine, source: PreparedSource) -> Future:
-    """Whether the prepared copy is current, answered by a worker on its own cursor. The check
-    counts the source's rows, which DuckDB does from row-group metadata: on 2.4e8 rows that took
-    about 2 ms inside the sample statement, and 0.2 ms of a request's latency when run beside it
-    (turbofan at scale 12: a 0.1 % read 6.2 ms with the check inside, 4.0 beside, 3.7 without).
-    Beside, it reads its own snapshot: the copy is current as of a moment of the read, which is
-    what a request can ask (a write a moment later is a later state)."""
+    """Whether the prepared copy is current, answered by a worker on its own cursor while the
+    caller reads the copy. The check counts the source's rows, which DuckDB does from row-group
+    metadata: on 2.4e8 rows that took about 2 ms inside the sample statement, and 0.3 ms of a
+    request's latency beside it (turbofan at scale 12: a 0.1 % read 6.2 ms with the check inside,
+    4.0 beside, 3.7 without). Returns once the check's statement is starting, so that it sees no
+    later state than the read: the read is then of a copy that was current at a moment between
+    the check and the read. (A check started after the read could pass for a copy that a
+    concurrent prepare rebuilt after the read had seen the old one.)"""
+    global _checks
+    starting = threading.Event()
+
     def run() -> bool:
         with engine.cursor() as cur:
+            starting.set()
             return bool(cur.execute(f"SELECT {source.current_sql()}").fetchall()[0][0])
-    return _CHECKS.submit(run)
+
+    with _checks_lock:
+        if _checks is None:
+            _checks = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2), thread_name_prefix="approxql-check")
+        future = _checks.submit(run)
+    starting.wait(timeout=1.0)   # a worker is busy with another request's check at worst for its length
+    return future
 
 
 def _bare_term_jacobian(plan, layout: MomentLayout, group: list[int], cols: list[int], totals: np.ndarray):
