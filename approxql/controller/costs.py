@@ -153,11 +153,6 @@ class CostBook:
             copy.arms = self.arms.copy()
         return copy
 
-    def exact_pays(self) -> tuple[bool, str]:
-        """``Arms.exact_pays`` under the lock (a lone request reads the live book, not a copy)."""
-        with self._lock:
-            return self.arms.exact_pays()
-
     def record_request(self, exact_at_once: bool, ms: float) -> None:
         """A request served alone ended: how it was served and its latency."""
         with self._lock:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 def predict(pipe: "Pipeline", request: Mapping[str, Any], opts: Options) -> Prediction:
     t_start = time.perf_counter()
     bound = bind_request(list(pipe.params), request)
-    run = RequestRun(pipe, bound, opts, pipe.costs, t_start, snapshot_later=True)  # plans from the state at its start
+    run = RequestRun(pipe, bound, opts, pipe.costs.snapshot(), t_start)  # plan from the state at the start
     with pipe.engine.cursor() as cur:
         op = run.start()
         while op is not None:

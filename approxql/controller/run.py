@@ -75,7 +75,6 @@ class RequestRun:
     opts: Options
     book: CostBook                     # the learned state this request plans from (a snapshot)
     t_start: float
-    snapshot_later: bool = False       # ``book`` is the live state: snapshot it only once the run samples
     stages: dict = field(default_factory=lambda: defaultdict(float))
     log: CostLog = field(default_factory=CostLog)
     reads: list = field(default_factory=list)      # the serial driver's per-statement trace
@@ -117,7 +116,7 @@ class RequestRun:
     def _run(self) -> Generator[Any, Any, Prediction]:
         pipe, opts, book, clock = self.pipe, self.opts, self.book, self._clock
         plans = pipe.sampling_plans(strategy=opts.strategy)
-        whole_exact, why = book.exact_pays() if learns_arms(opts) else (False, "")
+        whole_exact, why = book.arms.exact_pays() if learns_arms(opts) else (False, "")
         if whole_exact:          # whole requests have been cheaper exact: no sampler is even built
             self.exact_at_once = True
             return (yield from self._exact_at_once(plans, why))
@@ -125,8 +124,6 @@ class RequestRun:
         if all(p >= 1.0 for p in targets.values()):
             self.exact_at_once = True
             return (yield from self._exact_at_once(plans, forced=forced))
-        if self.snapshot_later:   # a lone request decided from the live state; sampling plans from a copy of it
-            self.book = book = book.snapshot()
         seed = request_seed(self.bound, opts.seed)   # requests must not share a sample: their errors would be one
         samplers = {q: QuerySampler(c, pipe.engine, self.bound, seed=seed) for q, c in plans.items()}
         fixed = yield from self._wait(Fixed(self.bound), "planning")
