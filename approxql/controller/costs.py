@@ -171,8 +171,9 @@ class CostBook:
                 q.forced.append(forced)
                 if matching is not None:
                     q.matching.append(matching)
+            with_matching = {query for query, _, matching, _ in log.finished if matching is not None}
             for query in {query for query, *_ in log.finished}:
-                self._queries[query].summarize(any(q == query and m is not None for q, _, m, _ in log.finished))
+                self._queries[query].summarize(query in with_matching)
 
     def _get(self, query: str) -> QueryCosts:
         q = self._queries.get(query)

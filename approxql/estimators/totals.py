@@ -197,41 +197,29 @@ def feature_covariance(
     p = check_p(p)
     rel = _check_rel(eps)
     t = moments.total / p
-    if p == 1.0:
+    if p == 1.0:   # no Jacobian needed: the covariance is zero
         v = _eval(g, t)
-        values, bad = _nan_result(np.full(1, np.nan) if v is None else v)
-        cov = np.zeros((values.shape[0], values.shape[0]))
-        cov[bad, :] = np.nan
-        cov[:, bad] = np.nan
-        return values, cov
+        return covariance_from_jacobian(np.full(1, np.nan) if v is None else v, None, None, moments, p)
     # Scale hint per coordinate: root of sum z^2 / p, for totals that are ~0 by cancellation.
     szz_diag = np.diag(moments.comoment) + moments.n * moments.mean**2
     scale = np.sqrt(np.maximum(szz_diag, 0.0)) / p
     values, J = _jacobian(g, t, rel, scale)
-    m = values.shape[0]
-    if moments.n > 0:
-        # t(1+s) = t + (s n / p) * mean, so d g / d(mean direction) = dg/ds * p / n.
-        j_mean = _directional(g, t, m) * (p / moments.n)
-    else:
-        j_mean = np.full(m, np.nan)
-    values, bad = _nan_result(values)
-    with np.errstate(all="ignore"):
-        cov = (1.0 - p) / (p * p) * moments.quad(J, j_mean=j_mean)
-    cov[bad, :] = np.nan
-    cov[:, bad] = np.nan
-    return values, cov
+    j_dir = _directional(g, t, values.shape[0]) if moments.n > 0 else None
+    return covariance_from_jacobian(values, J, j_dir, moments, p)
 
 
 def covariance_from_jacobian(values, J, j_dir, moments: Moments, p: float) -> tuple[np.ndarray, np.ndarray]:
-    """``feature_covariance`` for a g whose Jacobian ``J`` (m, k) at T_hat and derivative along
-    T_hat itself ``j_dir`` (m,) are known in closed form: the same covariance without the
-    2k + 5 evaluations of g that finite differences take (about 1 ms a round for nine AVGs)."""
+    """Values and covariance of g(T_hat) from g's Jacobian ``J`` (m, k) at T_hat and its derivative
+    along T_hat itself ``j_dir`` (m,), both unused at p = 1 (zero covariance): the tail of ``feature_covariance``, and all of it for
+    callers that know both in closed form (no 2k + 5 evaluations of g by finite differences:
+    about 1 ms a round for nine AVGs)."""
     p = check_p(p)
     values, bad = _nan_result(np.asarray(values, dtype=np.float64).reshape(-1))
     m = values.shape[0]
     if p == 1.0:
         cov = np.zeros((m, m))
     else:
+        # t(1+s) = t + (s n / p) * mean, so d g / d(mean direction) = dg/ds * p / n.
         j_mean = np.asarray(j_dir, dtype=np.float64) * (p / moments.n) if moments.n > 0 else np.full(m, np.nan)
         with np.errstate(all="ignore"):
             cov = (1.0 - p) / (p * p) * moments.quad(np.asarray(J, dtype=np.float64), j_mean=j_mean)
