@@ -31,7 +31,7 @@ from .layout import MomentLayout, term_gradient
 from .exact import ExactSource
 from .exact_plan import ExactPlan, exact_plan
 from .prepared import PreparedSource
-from .support import CLUSTER_FACTOR, MIN_SUPPORT, tail_support
+from .support import CLUSTER_FACTOR, MIN_SUPPORT, pinned_groups, tail_support
 from .system import SystemSource
 from .terms import AggregatePlan, analyze, term_index
 
@@ -143,7 +143,7 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
         source: SampleSource = PreparedSource(prepared) if prepared else SystemSource(plan.table)
         table = prepared.copy if prepared else plan.table
         centers = _centers(cur, plan, table)
-        min_support = tail_support(cur, plan, table, centers)
+        min_support = tail_support(cur, plan, table, centers, groups=pinned_groups(query, prepared))
     layout = MomentLayout.build(plan, centers)
     exact_only = exact_only_many = None
     if any(not f.approximable for f in plan.features):

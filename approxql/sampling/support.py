@@ -11,12 +11,16 @@ would trust exactly the samples that are wrong.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import duckdb
 import numpy as np
 from sqlglot import exp
 
+from ..plan import FeatureQuery
+from ..sqlparts import equality_columns
 from .base import quote
+from .catalog import PreparedTable
 from .terms import AggregatePlan, Term
 
 MIN_SUPPORT = 30
@@ -31,10 +35,17 @@ _PARAM_NODES = (exp.Placeholder, exp.Parameter)
 
 
 def tail_support(cur: duckdb.DuckDBPyConnection, plan: AggregatePlan, table: str,
-                 centers: dict[str, float]) -> dict[int, int]:
+                 centers: dict[str, float], groups: Sequence[str] = ()) -> dict[int, int]:
     """Minimum sampled rows per moment term, from power sums of its argument over ``table``
-    (one pass; one set of sums per distinct argument and filter). Terms whose argument reads a
-    request parameter get the plain minimum."""
+    (one set of sums per distinct argument and filter). Terms whose argument reads a request
+    parameter get the plain minimum.
+
+    ``groups``: columns the query pins to one value each, when the table is a copy ordered by
+    exactly those. A request then samples inside one group, so the skewness that matters is the
+    one within a group: the rule takes the largest need over all groups. Measured over the whole
+    table, the skewness also counts the spread between groups (on the game logs, cumulative
+    elapsed time whose scale differs by session: 2,263 rows for its STDDEV over the table, at
+    most 288 inside any session)."""
     need = {t: MIN_SUPPORT for t, term in enumerate(plan.terms) if not term.is_quantile}
     variables: dict[tuple, list[int]] = {}     # (argument, condition) -> terms reading it
     # a SUM inside a ratio (or any formula of several terms) linearises to a centred variable
@@ -47,52 +58,93 @@ def tail_support(cur: duckdb.DuckDBPyConnection, plan: AggregatePlan, table: str
         variables.setdefault((term.arg.sql("duckdb"), _condition(term).sql("duckdb")), []).append(t)
     if not variables:
         return need
-    items, powers = [], []
-    for (arg, cond), terms in variables.items():
-        top = MAX_POWER if any(plan.terms[t].func.startswith(("var", "stddev")) for t in terms) else 3
-        y = f"(TRY_CAST(({arg}) AS DOUBLE) - {centers.get(arg, 0.0)!r})"
-        items.append(f"COUNT(*) FILTER (WHERE {cond})")
-        items += [f"SUM({' * '.join([y] * k)}) FILTER (WHERE {cond})" for k in range(1, top + 1)]
-        powers.append(top)
+    tops = [MAX_POWER if any(plan.terms[t].func.startswith(("var", "stddev")) for t in terms) else 3
+            for terms in variables.values()]
     try:
-        row = cur.execute(f"SELECT {', '.join(items)} FROM {quote(table)}").fetchall()[0]
+        sums = _power_sums(cur, list(variables), tops, table, plan.alias, centers, groups)
     except duckdb.Error:
         return need
-    at = 0
-    for ((arg, _), terms), top in zip(variables.items(), powers):
-        n, *sums = row[at:at + top + 1]
-        at += top + 1
-        if not n:
+    for ((arg, _), terms), top, (n, center, power) in zip(variables.items(), tops, sums):
+        keep = n > 0
+        if not keep.any():
             continue
-        raw = np.array([1.0] + [float(v or 0.0) / n for v in sums] + [math.nan] * (MAX_POWER - top))
+        raw = np.vstack([np.ones(keep.sum())] + [power[k][keep] / n[keep] for k in range(top)]
+                        + [np.full(keep.sum(), math.nan)] * (MAX_POWER - top))
         for t in terms:
             func = "avg" if plan.terms[t].func == "sum" and t in in_formula else plan.terms[t].func
-            try:
-                with np.errstate(all="ignore"):
-                    g = _skewness(func, raw, centers.get(arg, 0.0))
-            except (OverflowError, ZeroDivisionError):
-                g = math.inf
+            with np.errstate(all="ignore"):
+                g = _skewness(func, raw, center[keep])
             # values too large for their power sums (about 1e51 and up): the tail cannot be
             # measured, so no sample is trusted and the term is computed exactly
-            need[t] = max(MIN_SUPPORT, int(math.ceil(COCHRAN * g * g))) if math.isfinite(g) else UNMEASURED
+            if not np.isfinite(g).all():
+                need[t] = UNMEASURED
+            else:
+                need[t] = max(MIN_SUPPORT, int(math.ceil(COCHRAN * float(np.max(g * g)))))
     return need
 
 
-def _skewness(func: str, raw: np.ndarray, shift: float) -> float:
-    """Skewness of the variable the aggregate linearises to, from raw moments of y = x - shift."""
+def pinned_groups(query: FeatureQuery, prepared: PreparedTable | None) -> tuple[str, ...]:
+    """The copy's ``by`` columns, quoted, when the query pins every one (``col = $param``): each
+    request then samples inside one group. Empty when there is no copy, or a ``by`` entry is an
+    expression (a time bucket a window spans) or a column the query leaves free."""
+    if prepared is None or not prepared.by or any("(" in b for b in prepared.by):
+        return ()
+    names = [b.strip('"') for b in prepared.by]
+    pinned = equality_columns(query)
+    return tuple(quote(n) for n in names) if all(n.lower() in pinned for n in names) else ()
+
+
+def _power_sums(cur, variables: list[tuple[str, str]], tops: list[int], table: str, alias: str | None,
+                centers: dict[str, float], groups: Sequence[str]) -> list[tuple[np.ndarray, ...]]:
+    """Per variable: (rows, center, [sum of y^k for k = 1..top]) as arrays with one entry per
+    group (one entry for the whole table without ``groups``), y = x - center. Without groups the
+    center is a rough one given; within groups it is each group's own mean (one more pass), so
+    the high powers do not cancel."""
+    source = f"{quote(table)} AS {quote(alias or table)}"
+    centred = []
+    for i, (arg, cond) in enumerate(variables):
+        value = f"TRY_CAST(({arg}) AS DOUBLE)"
+        center = f"__aq_m.__aq_c{i}" if groups else repr(centers.get(arg, 0.0))
+        centred.append((value, cond, center))
+    items = []
+    for (value, cond, center), top in zip(centred, tops):
+        y = f"({value} - {center})"
+        items.append(f"COUNT(*) FILTER (WHERE {cond})::DOUBLE")
+        items.append(f"ANY_VALUE({center})::DOUBLE" if groups else f"{center}::DOUBLE")
+        items += [f"COALESCE(SUM({' * '.join([y] * k)}) FILTER (WHERE {cond}), 0)::DOUBLE" for k in range(1, top + 1)]
+    names = [f"__aq_{i}" for i in range(len(items))]
+    select = ", ".join(f"{item} AS {name}" for item, name in zip(items, names))
+    if groups:
+        keys = ", ".join(groups)
+        means = ", ".join(f"COALESCE(AVG({value}) FILTER (WHERE {cond}), 0) AS __aq_c{i}"
+                          for i, (value, cond, _) in enumerate(centred))
+        sql = (f"SELECT {select} FROM {source} JOIN (SELECT {keys}, {means} FROM {source} GROUP BY {keys}) "
+               f"AS __aq_m USING ({keys}) GROUP BY {keys}")
+    else:
+        sql = f"SELECT {select} FROM {source}"
+    cols = cur.execute(sql).fetchnumpy()
+    out, at = [], 0
+    for top in tops:
+        n, center, *power = (np.asarray(cols[name], dtype=float) for name in names[at:at + top + 2])
+        out.append((n, center, power))
+        at += top + 2
+    return out
+
+
+def _skewness(func: str, raw: np.ndarray, shift):
+    """Skewness of the variable the aggregate linearises to, from raw moments of y = x - shift
+    (arrays: one column per group)."""
     central = _central(raw)
     m2 = central[2]
-    if m2 <= 0:
-        return 0.0                       # a constant column: no sampling error at all
     if func == "sum":                    # HT total: uncentered x = y + shift
         x_raw = _shift_raw(raw, shift)
-        return x_raw[3] / x_raw[2] ** 1.5 if x_raw[2] > 0 else 0.0
-    if func == "avg":
-        return central[3] / m2 ** 1.5
-    var_u = central[4] - m2 ** 2       # u = (x - mean)^2
-    if var_u <= 0:
-        return 0.0
-    return (central[6] - 3 * central[4] * m2 + 2 * m2 ** 3) / var_u ** 1.5
+        g = np.where(x_raw[2] <= 0, 0.0, x_raw[3] / np.abs(x_raw[2]) ** 1.5)
+    elif func == "avg":
+        g = central[3] / np.abs(m2) ** 1.5
+    else:
+        var_u = central[4] - m2 ** 2       # u = (x - mean)^2
+        g = np.where(var_u <= 0, 0.0, (central[6] - 3 * central[4] * m2 + 2 * m2 ** 3) / np.abs(var_u) ** 1.5)
+    return np.where(m2 <= 0, 0.0, g)     # a constant column: no sampling error at all (NaN stays NaN)
 
 
 def _central(raw: np.ndarray) -> np.ndarray:
@@ -101,7 +153,7 @@ def _central(raw: np.ndarray) -> np.ndarray:
     return np.array([sum(math.comb(k, j) * raw[j] * (-mu) ** (k - j) for j in range(k + 1)) for k in range(len(raw))])
 
 
-def _shift_raw(raw: np.ndarray, shift: float) -> np.ndarray:
+def _shift_raw(raw: np.ndarray, shift) -> np.ndarray:
     """Raw moments of y + shift from raw moments of y."""
     return np.array([sum(math.comb(k, j) * raw[j] * shift ** (k - j) for j in range(k + 1)) for k in range(len(raw))])
 
