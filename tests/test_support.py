@@ -111,3 +111,18 @@ def test_intervals_trusted_at_the_group_need_cover(con):
             hits[name] += low <= truth[name] <= high
     for name, h in hits.items():
         assert 0.92 <= h / REPS <= 0.98, (name, h / REPS, fraction)
+
+
+def test_a_group_far_from_the_shared_center_is_measured_around_its_own_mean(con):
+    """A group whose mean is 1e7 of its standard deviations from the others': summed around one
+    shared center, its central moments would cancel away; around its own mean they are exact."""
+    rng = np.random.default_rng(7)
+    k = np.repeat(np.arange(4), 5_000)
+    x = np.where(k == 3, 1e7, 0.0) + rng.lognormal(0.0, 0.3, k.size)
+    con.register("far_src", pa.table({"id": np.arange(k.size), "k": k, "x": x}))
+    con.execute("CREATE TABLE far AS SELECT * FROM far_src ORDER BY id")
+    prepare(con, "far", by=["k"])
+    got = needs(con, query("AVG(x) AS a, STDDEV_SAMP(x) AS s", table="far"), "prepared")
+    for func in ("avg", "stddev_samp"):
+        largest = max(reference_need(x[k == g], func) for g in range(4))
+        assert abs(got[func] - largest) <= 1, (func, got, largest)

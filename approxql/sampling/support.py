@@ -98,8 +98,10 @@ def _power_sums(cur, variables: list[tuple[str, str]], tops: list[int], table: s
                 centers: dict[str, float], groups: Sequence[str]) -> list[tuple[np.ndarray, ...]]:
     """Per variable: (rows, center, [sum of y^k for k = 1..top]) as arrays with one entry per
     group (one entry for the whole table without ``groups``), y = x - center. Without groups the
-    center is a rough one given; within groups it is each group's own mean (one more pass), so
-    the high powers do not cancel."""
+    center is the rough one given. Within groups it is each group's own mean, from one more pass
+    and a join (on 2.4e8 rows 59 s against 18 s): around one shared center the sixth powers
+    cancel away (measured: a battery cycle's temperature, 16 of its standard deviations from the
+    shared center, came out needing 87 rows instead of 30, and the largest need 129 instead of 87)."""
     source = f"{quote(table)} AS {quote(alias or table)}"
     centred = []
     for i, (arg, cond) in enumerate(variables):
