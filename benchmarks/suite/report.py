@@ -64,7 +64,7 @@ def write(runs: list[PipelineRun], out: Path, argv: str) -> Path:
     lines = [f"# approxql benchmark suite — {dt.date.today()}", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
              f"DuckDB {duckdb.__version__}. Command: `{argv}`. One run; latencies are per request, warm, "
-             f"systems interleaved request by request in a rotating order.", "",
+             f"systems interleaved request by request in a balanced (Williams) order.", "",
              "## Summary", "",
              "| pipeline | rows/request | exact ms | exact (sorted) ms | approxql ms | speedup vs exact | "
              "vs sorted | Biathlon ms | fixed 1 % ms | oracle ms | held (approxql) | held (Biathlon) | "
