@@ -515,15 +515,18 @@ def test_overflowed_feature_is_a_model_error_not_a_prediction(numdb, tmp_path, s
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value encountered:RuntimeWarning")
 def test_sum_of_huge_values_loads_and_predicts(numdb, tmp_path):
-    """SUM over values near 1e60 (finite, no overflow in DuckDB) must load and predict: its tail
-    cannot be measured (the power sums overflow), so the SUM is computed exactly."""
+    """SUM over values near 1e62 (finite, no overflow in DuckDB) must load and predict. Its tail
+    is measured: the cubed deviations (about 1e185) stay finite. (Earlier the sixth power of the
+    shift, which the SUM's rule never uses, overflowed in Python and made it exact by accident.)
+    So the SUM is sampled, and its interval holds the exact value."""
     _, con = numdb
     linear_onnx(tmp_path / "lin.onnx", [1e-66, 1.0])
     pipe = approxql.load_pipeline(write_pipeline(tmp_path, "SUM(v * 1e60) AS f1, AVG(v) AS f2", "lin.onnx", "f1, f2"),
                                   con=con, warm=True)
     p, e = pipe.predict({"k": 2}, seed=SEED, learn=False), pipe.predict_exact({"k": 2})
     assert abs(p.value - e.value) <= 1.0 or not p.met_bound
-    assert p.features["f1"] == pytest.approx(e.features["f1"], rel=1e-9)
+    assert not p.exact and 0 < p.stderr["f1"] < 0.05 * e.features["f1"]
+    assert abs(p.features["f1"] - e.features["f1"]) <= 3 * p.stderr["f1"]
 
 
 def test_model_nan_output_is_a_model_error(numdb, tmp_path):
