@@ -429,10 +429,10 @@ def test_closed_form_jacobian_matches_finite_differences(db, strategy, monkeypat
 def _check_in_child(path: str, out) -> None:
     from approxql.sampling.catalog import lookup
     from approxql.sampling.prepared import PreparedSource
-    from approxql.sampling.sampler import _check_current
+    from approxql.sampling.currency import check_current
     con = duckdb.connect(path)
     try:
-        out.put(_check_current(DuckDBEngine(con), PreparedSource(lookup(con, "t"))).result(timeout=20))
+        out.put(check_current(DuckDBEngine(con), PreparedSource(lookup(con, "t")).current_sql()).result(timeout=20))
     except Exception as e:   # a timeout: the child's pool had no thread
         out.put(repr(e))
 
@@ -443,12 +443,12 @@ def test_the_currency_check_runs_in_a_forked_child(tmp_path):
     import multiprocessing
     from approxql.sampling.catalog import lookup
     from approxql.sampling.prepared import PreparedSource
-    from approxql.sampling.sampler import _check_current
+    from approxql.sampling.currency import check_current
     path = str(tmp_path / "fork.duckdb")
     con = duckdb.connect(path)
     con.execute("CREATE TABLE t AS SELECT i % 3 AS k, i * 1.0 AS x FROM range(3000) r(i)")
     prepare(con, "t", by=["k"])
-    assert _check_current(DuckDBEngine(con), PreparedSource(lookup(con, "t"))).result(timeout=20) is True
+    assert check_current(DuckDBEngine(con), PreparedSource(lookup(con, "t")).current_sql()).result(timeout=20) is True
     con.close()
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()

@@ -8,9 +8,7 @@ covariance of the query's features.
 from __future__ import annotations
 
 import math
-import os
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import wait
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Mapping
@@ -27,6 +25,7 @@ from ..estimators import (Moments, covariance_from_jacobian, feature_covariance,
 from ..plan import FeatureQuery
 from .base import SampleSource, quote
 from .catalog import lookup
+from .currency import check_current
 from .layout import MomentLayout, term_gradient
 from .exact import ExactSource
 from .exact_plan import ExactPlan, exact_plan
@@ -225,7 +224,7 @@ class QuerySampler:
             self.exact_values = self.engine.exact_features(self.c.exact_only, self.params, cur)
         inc = self.increment(p)
         # the first read of a prepared copy checks it is current, on a second core while it reads
-        current = _check_current(self.engine, self.c.source) if self.fraction == 0.0 and \
+        current = check_current(self.engine, self.c.source.current_sql()) if self.fraction == 0.0 and \
             isinstance(self.c.source, PreparedSource) else None
         bound = {k: self.params[k] for k in self.c.sample_params}
         rows = (isinstance(self.c.source, PreparedSource) and not inc.growing and matching is not None
@@ -420,44 +419,6 @@ class QuerySampler:
         if self.moments is None or self.moments.n == 0:
             return 0
         return int(round(self.moments.total[slot.nn]))
-
-
-_checks: ThreadPoolExecutor | None = None
-_checks_lock = threading.Lock()
-
-
-def _reset_checks() -> None:
-    """In a forked child: the parent's pool has no threads there (a submit would wait forever)."""
-    global _checks, _checks_lock
-    _checks, _checks_lock = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_checks)
-
-
-def _check_current(engine: Engine, source: PreparedSource) -> Future:
-    """Whether the prepared copy is current, answered by a worker on its own cursor while the
-    caller reads the copy. The check counts the source's rows, which DuckDB does from row-group
-    metadata: on 2.4e8 rows that took about 2 ms inside the sample statement, and 0.3 ms of a
-    request's latency beside it (turbofan at scale 12: a 0.1 % read 6.2 ms with the check inside,
-    4.0 beside, 3.7 without). Returns once the check's statement is starting, so that it sees no
-    later state than the read: the read is then of a copy that was current at a moment between
-    the check and the read. (A check started after the read could pass for a copy that a
-    concurrent prepare rebuilt after the read had seen the old one.)"""
-    global _checks
-    starting = threading.Event()
-
-    def run() -> bool:
-        with engine.cursor() as cur:
-            starting.set()
-            return bool(cur.execute(f"SELECT {source.current_sql()}").fetchall()[0][0])
-
-    with _checks_lock:
-        if _checks is None:
-            _checks = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2), thread_name_prefix="approxql-check")
-        future = _checks.submit(run)
-    starting.wait(timeout=1.0)   # a worker is busy with another request's check at worst for its length
-    return future
 
 
 def _bare_term_jacobian(plan, layout: MomentLayout, group: list[int], cols: list[int], totals: np.ndarray):
