@@ -1,6 +1,7 @@
 """A tiny-scale run of the whole benchmark suite: every pipeline, every system, the report and plots."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from benchmarks.suite.main import main
@@ -46,3 +47,17 @@ def test_bad_arguments(tmp_path):
         main(["nonsense", "--data", str(tmp_path)])
     with pytest.raises(SystemExit):
         main(["trips", "--scale", "0", "--data", str(tmp_path)])
+
+
+def test_paired_ratio_sees_through_drift():
+    """A machine that slows down through the run (both systems alike) leaves the paired ratio
+    at the true 1.05; its bootstrap interval is fixed by the seed and holds it."""
+    from benchmarks.suite.report import paired_ratio
+    rng = np.random.default_rng(3)
+    drift = np.linspace(3.0, 9.0, 200) * rng.lognormal(0, 0.05, 200)
+    exact = drift * rng.lognormal(0, 0.02, 200)
+    approx = 1.05 * drift * rng.lognormal(0, 0.02, 200)
+    mid, low, high = paired_ratio(approx, exact)
+    assert low <= 1.05 <= high and high - low < 0.02 and abs(mid - 1.05) < 0.01
+    assert paired_ratio(approx, exact) == (mid, low, high)            # the same numbers every run
+    assert paired_ratio(exact, exact) == (1.0, 1.0, 1.0)
