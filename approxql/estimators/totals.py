@@ -210,9 +210,9 @@ def feature_covariance(
 
 def covariance_from_jacobian(values, J, j_dir, moments: Moments, p: float) -> tuple[np.ndarray, np.ndarray]:
     """Values and covariance of g(T_hat) from g's Jacobian ``J`` (m, k) at T_hat and its derivative
-    along T_hat itself ``j_dir`` (m,), both unused at p = 1 (zero covariance): the tail of ``feature_covariance``, and all of it for
-    callers that know both in closed form (no 2k + 5 evaluations of g by finite differences:
-    about 1 ms a round for nine AVGs)."""
+    along T_hat itself ``j_dir`` (m,), both unused at p = 1 (zero covariance): the tail of
+    ``feature_covariance``, and all of it for callers that know both in closed form (no 2k + 5
+    evaluations of g by finite differences: about 1 ms a round for nine AVGs)."""
     p = check_p(p)
     values, bad = _nan_result(np.asarray(values, dtype=np.float64).reshape(-1))
     m = values.shape[0]

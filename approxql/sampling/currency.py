@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Callable, TypeVar
 
 from ..engines.base import Engine
+
+T = TypeVar("T")
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -29,8 +32,8 @@ os.register_at_fork(after_in_child=_forget_pool)
 
 def check_current(engine: Engine, condition: str) -> Future:
     """A future of ``SELECT condition`` (true while the copies are current), run on a worker's own
-    cursor; returns once that statement is starting. The caller must wait for it on every path:
-    it must not be left running on the caller's connection."""
+    cursor; returns once that statement is starting. The caller must wait for it on every path
+    (``read_while_checking`` does): it must not be left running on the caller's connection."""
     global _pool
     starting = threading.Event()
 
@@ -45,3 +48,13 @@ def check_current(engine: Engine, condition: str) -> Future:
         future = _pool.submit(run)
     starting.wait(timeout=1.0)   # a worker is busy with another request's check at worst for its length
     return future
+
+
+def read_while_checking(engine: Engine, condition: str, read: Callable[[], T]) -> tuple[T, bool]:
+    """``read()``'s result, and whether the copies were current: the check starts first, runs on
+    a worker beside the read, and is awaited on every path, a failed read included."""
+    current = check_current(engine, condition)
+    try:
+        return read(), current.result()
+    finally:
+        wait([current])   # never leave the check running on the caller's connection

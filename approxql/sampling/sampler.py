@@ -8,7 +8,6 @@ covariance of the query's features.
 from __future__ import annotations
 
 import math
-from concurrent.futures import wait
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Mapping
@@ -25,7 +24,7 @@ from ..estimators import (Moments, covariance_from_jacobian, feature_covariance,
 from ..plan import FeatureQuery
 from .base import SampleSource, quote
 from .catalog import lookup
-from .currency import check_current
+from .currency import read_while_checking
 from .layout import MomentLayout, term_gradient
 from .exact import ExactSource
 from .exact_plan import ExactPlan, exact_plan
@@ -223,9 +222,6 @@ class QuerySampler:
         if self.fraction == 0.0 and self.c.exact_only is not None:
             self.exact_values = self.engine.exact_features(self.c.exact_only, self.params, cur)
         inc = self.increment(p)
-        # the first read of a prepared copy checks it is current, on a second core while it reads
-        current = check_current(self.engine, self.c.source.current_sql()) if self.fraction == 0.0 and \
-            isinstance(self.c.source, PreparedSource) else None
         bound = {k: self.params[k] for k in self.c.sample_params}
         rows = (isinstance(self.c.source, PreparedSource) and not inc.growing and matching is not None
                 and matching * (p - inc.lo) <= ROW_PATH_MAX)
@@ -234,16 +230,19 @@ class QuerySampler:
         else:
             stmt = self.c.source.increment_sql(self.c.plan, self.c.layout, inc.lo, p, list(inc.growing), inc.cap,
                                                seed=self.seed)
-        try:
+
+        def read():
             res = cur.execute(stmt.sql, {**bound, **stmt.extra_params})
-            got = res.fetchnumpy() if rows else res.fetchall()[0]
-            stale = current is not None and not current.result()
+            return res.fetchnumpy() if rows else res.fetchall()[0]
+
+        try:   # the first read of a prepared copy checks it is current, on a second core while it reads
+            if self.fraction == 0.0 and isinstance(self.c.source, PreparedSource):
+                got, current = read_while_checking(self.engine, self.c.source.current_sql(), read)
+            else:
+                got, current = read(), True
         except duckdb.Error as e:
             raise QueryError(f"sampling query {self.c.query.name} failed: {_first_line(e)}") from e
-        finally:
-            if current is not None:
-                wait([current])   # never leave the check running on the caller's connection
-        if stale:
+        if not current:
             self.fall_back(self.stale_note())
         elif rows:
             moments = self.c.layout.moments_from_rows(list(got.values()))

@@ -48,8 +48,8 @@ def stats(run: PipelineRun) -> dict[str, dict]:
 
 def paired_ratio(a: np.ndarray, b: np.ndarray, *, seed: int = 0) -> tuple[float, float, float]:
     """Median over requests of a_i / b_i, with a 95 % bootstrap interval (fixed seed). The two
-    systems served each request back to back, so the machine's drift during a run, which moved
-    exact's median by 50 % between runs of one day here, hits both sides of a pair alike."""
+    systems served each request back to back, so the machine's drift, which moved exact's median
+    by a factor of 2-4 between runs of one day here, hits both sides of a pair alike."""
     r = np.asarray(a, dtype=float) / np.asarray(b, dtype=float)
     boots = np.median(r[np.random.default_rng(seed).integers(0, r.size, (1000, r.size))], axis=1)
     low, high = np.percentile(boots, [2.5, 97.5])
