@@ -151,8 +151,7 @@ def _skewness(func: str, raw: np.ndarray, shift):
 
 def _central(raw: np.ndarray) -> np.ndarray:
     """Central moments E[(y - E y)^k] from raw moments E[y^k] (nan where a power was not summed)."""
-    mu = raw[1]
-    return np.array([sum(math.comb(k, j) * raw[j] * (-mu) ** (k - j) for j in range(k + 1)) for k in range(len(raw))])
+    return _shift_raw(raw, -raw[1])
 
 
 def _shift_raw(raw: np.ndarray, shift) -> np.ndarray:
