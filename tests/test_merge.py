@@ -85,13 +85,14 @@ SELECT $os AS os_feature;
 
 def test_every_kind_of_aggregate_keeps_its_value(clicks):
     # NULLs in the extra conditions, an aggregate with its own FILTER, CASE, distinct counts,
-    # quantiles, variances, ratios, and the broad query written after the narrow one
+    # quantiles, variances, ratios, and the broad query written after the narrow one (both with a
+    # DISTINCT aggregate: those merge only with each other)
     spec = spec_of("""
 SELECT AVG(x) AS a_avg, STDDEV_SAMP(x) AS a_sd, MEDIAN(x) AS a_med, QUANTILE_CONT(x, 0.9) AS a_q90,
        COUNT(DISTINCT os) AS a_nos, SUM(x) FILTER (WHERE os = 1) AS a_sum1,
        SUM(CASE WHEN x > 50 THEN 1 ELSE 0 END) / NULLIF(COUNT(x), 0) AS a_share, MIN(x) AS a_min
 FROM clicks WHERE ip = $ip AND app = $app AND t < $t;
-SELECT AVG(x) AS b_avg, VAR_POP(x) AS b_var, COUNT(x) AS b_n FROM clicks WHERE ip = $ip AND t < $t;
+SELECT AVG(x) AS b_avg, VAR_POP(x) AS b_var, COUNT(x) AS b_n, COUNT(DISTINCT app) AS b_napps FROM clicks WHERE ip = $ip AND t < $t;
 """)
     merged = merge_scans(spec.queries)
     assert len(merged) == 1 and merged[0].features[:1] == ("a_avg",)
@@ -102,10 +103,23 @@ SELECT AVG(x) AS b_avg, VAR_POP(x) AS b_var, COUNT(x) AS b_n FROM clicks WHERE i
 def test_identical_where_clauses_share_a_scan(clicks):
     spec = spec_of("""
 SELECT AVG(x) AS s_avg, STDDEV(x) AS s_sd FROM clicks WHERE ip = $ip;
-SELECT COUNT(DISTINCT app) AS s_apps FROM clicks WHERE ip = $ip;
+SELECT COUNT(x) AS s_n, MEDIAN(x) AS s_med FROM clicks WHERE ip = $ip;
 """)
     merged = merge_scans(spec.queries)
     assert len(merged) == 1 and "FILTER" not in merged[0].sql()
+    assert_same_features(clicks, spec, merged)
+
+
+def test_distinct_aggregates_share_a_scan_only_with_each_other(clicks):
+    # DuckDB materialises every column of a statement that mixes DISTINCT and plain aggregates
+    spec = spec_of("""
+SELECT AVG(x) AS d_avg, STDDEV(x) AS d_sd FROM clicks WHERE ip = $ip;
+SELECT COUNT(DISTINCT app) AS d_apps FROM clicks WHERE ip = $ip;
+SELECT COUNT(x) AS d_n FROM clicks WHERE ip = $ip AND os = $os;
+SELECT COUNT(DISTINCT os) AS d_oses, SUM(DISTINCT x) AS d_xs FROM clicks WHERE ip = $ip AND t < $t;
+""")
+    merged = merge_scans(spec.queries)
+    assert [q.features for q in merged] == [("d_avg", "d_sd", "d_n"), ("d_apps", "d_oses", "d_xs")]
     assert_same_features(clicks, spec, merged)
 
 
