@@ -30,15 +30,21 @@ def column_side(a: exp.Expression, b: exp.Expression) -> tuple[str, exp.Expressi
     return None
 
 
-def equality_columns(query: FeatureQuery) -> set[str]:
-    """Columns (lower case) the query's WHERE pins to one value each: ``col = $param``."""
+def equality_pins(query: FeatureQuery) -> dict[str, exp.Expression]:
+    """Columns (lower case) the query's WHERE pins to one value each (``col = $param``), and what
+    each is pinned to."""
     where = query.select.args.get("where")
-    pinned = set()
+    pinned = {}
     for c in conjuncts(where.this if where is not None else None):
         side = column_side(c.this, c.expression) if isinstance(c, exp.EQ) else None
         if side is not None:
-            pinned.add(side[0].lower())
+            pinned[side[0].lower()] = side[1]
     return pinned
+
+
+def equality_columns(query: FeatureQuery) -> set[str]:
+    """Columns (lower case) the query's WHERE pins to one value each: ``col = $param``."""
+    return set(equality_pins(query))
 
 
 def single_table(query: FeatureQuery) -> bool:

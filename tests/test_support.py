@@ -126,3 +126,38 @@ def test_a_group_far_from_the_shared_center_is_measured_around_its_own_mean(con)
     for func in ("avg", "stddev_samp"):
         largest = max(reference_need(x[k == g], func) for g in range(4))
         assert abs(got[func] - largest) <= 1, (func, got, largest)
+
+
+def test_a_request_takes_its_own_groups_need(con):
+    """Each group's need is its own (Cochran's rule on its rows); a group the copy did not have
+    when it was prepared takes the largest."""
+    prepare(con, "t", by=["k"])
+    q = query("AVG(x) AS a, STDDEV_SAMP(x) AS s")
+    compiled = compile_query(DuckDBEngine(con), con, q, strategy="prepared")
+    t = groups_table()
+    k, x = t["k"].to_numpy(), t["x"].to_numpy()
+    funcs = [term.func for term in compiled.plan.terms]
+    for g in (0, SKEWED, GROUPS - 1):
+        got = dict(zip(funcs, compiled.support_for({"k": g}).values()))
+        for func in ("avg", "stddev_samp"):
+            assert abs(got[func] - reference_need(x[k == g], func)) <= 1, (g, func, got)
+    assert compiled.support_for({"k": 0}) != compiled.min_support          # a uniform group needs less
+    assert compiled.support_for({"k": 99}) == compiled.min_support and compiled.start_for({"k": 99}) is None
+
+
+def test_the_start_for_a_group_meets_its_need_in_one_read(con):
+    """Started at ``start_for``, the skewed group's first read is trusted for at least 95 % of
+    requests (measured: 196 of 200), and the start is not wasteful: under 1.5x the need's fraction."""
+    prepare(con, "t", by=["k"])
+    engine = DuckDBEngine(con)
+    compiled = compile_query(engine, con, query("AVG(x) AS a, STDDEV_SAMP(x) AS s"), strategy="prepared")
+    need = max(compiled.support_for({"k": SKEWED}).values())
+    start = compiled.start_for({"k": SKEWED})
+    assert need / SKEWED_ROWS < start < 1.5 * need / SKEWED_ROWS
+    trusted = 0
+    with con.cursor() as cur:
+        for seed in range(200):
+            sampler = QuerySampler(compiled, engine, {"k": SKEWED}, seed=seed)
+            sampler.advance(cur, start)
+            trusted += sampler.result().trusted
+    assert trusted >= 190, trusted

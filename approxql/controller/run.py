@@ -120,7 +120,7 @@ class RequestRun:
         if whole_exact:          # whole requests have been cheaper exact: no sampler is even built
             self.exact_at_once = True
             return (yield from self._exact_at_once(plans, why))
-        targets, forced = _start(book, plans, opts)
+        targets, forced = _start(book, plans, opts, self.bound)
         if all(p >= 1.0 for p in targets.values()):
             self.exact_at_once = True
             return (yield from self._exact_at_once(plans, forced=forced))
@@ -279,10 +279,11 @@ class _Clock:
         self.t = time.perf_counter()
 
 
-def _start(book, plans, opts: Options) -> tuple[dict[str, float], dict[str, bool]]:
-    """First fractions: 5 % for Biathlon; else the option, the warm start, or the default; exact
-    at once where exact is predicted no dearer than that first sample. And per query, whether it
-    is forced exact (not sampled, or sampling it kept failing): such queries stay marked so."""
+def _start(book, plans, opts: Options, bound: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, bool]]:
+    """First fractions: 5 % for Biathlon; else the option, or the warm start or the default, raised
+    to what the request's group needs for minimum support; exact at once where exact is predicted
+    no dearer than that first sample. And per query, whether it is forced exact (not sampled, or
+    sampling it kept failing): such queries stay marked so."""
     targets, forced = {}, {}
     for q, c in plans.items():
         impossible = book.sampling_impossible(q)
@@ -298,6 +299,8 @@ def _start(book, plans, opts: Options) -> tuple[dict[str, float], dict[str, bool
             # that needed exact must not lock a query out of sampling; exact is a cost decision
             warm = book.warm_fraction(q)
             p = min(max(warm, 0.001), WARM_CAP) if warm is not None else DEFAULT_START
+            # enough rows for this request's group's minimum support, so the first round can be trusted
+            p = max(p, c.start_for(bound) or 0.0)
             matching = book.typical_matching(q)
             if impossible or (
                     matching is not None and book.exact_ms(q, matching) <= book.sampling_ms(q, p * matching)):

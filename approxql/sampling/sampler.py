@@ -29,7 +29,7 @@ from .layout import MomentLayout, term_gradient
 from .exact import ExactSource
 from .exact_plan import ExactPlan, exact_plan
 from .prepared import PreparedSource
-from .support import CLUSTER_FACTOR, MIN_SUPPORT, pinned_groups, tail_support
+from .support import CLUSTER_FACTOR, MIN_SUPPORT, pinned_groups, pinned_params, tail_support
 from .system import SystemSource
 from .terms import AggregatePlan, analyze, term_index
 
@@ -86,6 +86,8 @@ class CompiledQuery:
     exact_only: Compiled | None         # just the features that are always exact
     note: str | None = None             # why this query is not sampled, or fell back
     min_support: dict[int, int] = field(default_factory=dict)  # term -> sampled rows its interval needs
+    group_support: Mapping[tuple, Mapping[int, tuple[int, float]]] = field(default_factory=dict)  # per group: term -> (need, rows)
+    group_params: tuple[str, ...] = ()   # the request parameters that name its group, in key order
     sample_params: tuple[str, ...] = ()  # request parameters the sampling SQL reads
     groups: tuple = ()                   # moment features estimated together, with their columns
     exact_many: Compiled | None = None       # ``exact`` for a relation of requests (batches)
@@ -95,6 +97,29 @@ class CompiledQuery:
     @property
     def sampled(self) -> bool:
         return self.source is not None and not isinstance(self.source, ExactSource)
+
+    def _group(self, params: Mapping[str, Any]) -> Mapping[int, tuple[int, float]] | None:
+        if not self.group_params:
+            return None
+        try:
+            return self.group_support.get(tuple(params[k] for k in self.group_params))
+        except TypeError:   # an unhashable value finds no group
+            return None
+
+    def support_for(self, params: Mapping[str, Any]) -> dict[int, int]:
+        """Sampled rows each term needs for this request: its group's own need where the group
+        was measured, else the largest over groups."""
+        group = self._group(params)
+        return self.min_support if group is None else {**self.min_support, **{t: n for t, (n, _) in group.items()}}
+
+    def start_for(self, params: Mapping[str, Any]) -> float | None:
+        """The fraction at which this request's group most likely (about 97.5 %) samples enough
+        rows for every term's need, or None when its group was not measured. The sampled count is
+        binomial: mean p * rows must exceed the need by two of its standard deviations."""
+        group = self._group(params)
+        if not group:
+            return None
+        return max(min(1.0, (n + 2 * math.sqrt(n) + 2) / rows) if rows > 0 else 1.0 for n, rows in group.values())
 
     def describe(self) -> str:
         """One line per query for explanations: strategy, and what is exact and why."""
@@ -141,7 +166,8 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
         source: SampleSource = PreparedSource(prepared) if prepared else SystemSource(plan.table)
         table = prepared.copy if prepared else plan.table
         centers = _centers(cur, plan, table)
-        min_support = tail_support(cur, plan, table, centers, groups=pinned_groups(query, prepared))
+        groups = pinned_groups(query, prepared)
+        support = tail_support(cur, plan, table, centers, groups=groups)
     layout = MomentLayout.build(plan, centers)
     exact_only = exact_only_many = None
     if any(not f.approximable for f in plan.features):
@@ -154,7 +180,8 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
                                query.params)
     moment_features = [(i, f.terms) for i, f in enumerate(plan.features)
                        if f.approximable and not any(plan.terms[t].is_quantile for t in f.terms)]
-    compiled = CompiledQuery(query, plan, layout, source, exact, exact_only, min_support=min_support,
+    compiled = CompiledQuery(query, plan, layout, source, exact, exact_only, min_support=support.need,
+                             group_support=support.by_group, group_params=pinned_params(query, groups),
                              sample_params=sample_params, groups=tuple(layout.feature_groups(moment_features)),
                              exact_many=exact_many, exact_only_many=exact_only_many, exact_plan=on_copy)
     why = _dry_run(con, compiled)
@@ -195,6 +222,7 @@ class QuerySampler:
         self.matching_hint = None       # matching rows seen by a sample that then fell back
         self._result = None
         self._value_terms = [t for t, term in enumerate(compiled.plan.terms) if term.is_quantile]
+        self.min_support = compiled.support_for(self.params)
 
     @property
     def done(self) -> bool:
@@ -369,7 +397,7 @@ class QuerySampler:
                 half = 1.959964 * stderr[n]
                 intervals[n] = (values[n] - half, values[n] + half)
         factor = CLUSTER_FACTOR if clustered else 1.0
-        term_needed = {t: (p * factor * self.c.min_support.get(t, MIN_SUPPORT) / have if have else 1.0)
+        term_needed = {t: (p * factor * self.min_support.get(t, MIN_SUPPORT) / have if have else 1.0)
                        for t, have in supports.items()}
         blocks = self.moments.n if self.moments is not None else 0
         feature_needed = {}

@@ -11,14 +11,14 @@ would trust exactly the samples that are wrong.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import duckdb
 import numpy as np
 from sqlglot import exp
 
 from ..plan import FeatureQuery
-from ..sqlparts import equality_columns
+from ..sqlparts import equality_columns, equality_pins
 from .base import quote
 from .catalog import PreparedTable
 from .terms import AggregatePlan, Term
@@ -34,19 +34,30 @@ UNMEASURED = 2 ** 62   # support no sample reaches
 _PARAM_NODES = (exp.Placeholder, exp.Parameter)
 
 
+class TailSupport(NamedTuple):
+    """Sampled rows each moment term needs: ``need`` for any request, and ``by_group``, per
+    group of a grouped copy (its key values in ``by`` order), {term: (need, rows)} for the terms
+    measured there: the group's own need and how many of its rows the term reads."""
+    need: dict[int, int]
+    by_group: dict[tuple, dict[int, tuple[int, float]]]
+
+
 def tail_support(cur: duckdb.DuckDBPyConnection, plan: AggregatePlan, table: str,
-                 centers: dict[str, float], groups: Sequence[str] = ()) -> dict[int, int]:
+                 centers: dict[str, float], groups: Sequence[str] = ()) -> TailSupport:
     """Minimum sampled rows per moment term, from power sums of its argument over ``table``
     (one set of sums per distinct argument and filter). Terms whose argument reads a request
     parameter get the plain minimum.
 
     ``groups``: columns the query pins to one value each, when the table is a copy ordered by
     exactly those. A request then samples inside one group, so the skewness that matters is the
-    one within a group: the rule takes the largest need over all groups. Measured over the whole
-    table, the skewness also counts the spread between groups (on the game logs, cumulative
-    elapsed time whose scale differs by session: 2,263 rows for its STDDEV over the table, at
-    most 288 inside any session)."""
+    one within a group: a request whose group is known takes that group's need, any other the
+    largest over all groups. Measured over the whole table, the skewness also counts the spread
+    between groups (on the game logs, cumulative elapsed time whose scale differs by session:
+    2,263 rows for its STDDEV over the table, at most 288 inside any session). Groups differ
+    too: on the vibration segments, the tachometer's mean needs 372 rows in the median segment
+    and 1,259 in the most skewed one."""
     need = {t: MIN_SUPPORT for t, term in enumerate(plan.terms) if not term.is_quantile}
+    by_group: dict[tuple, dict[int, tuple[int, float]]] = {}
     variables: dict[tuple, list[int]] = {}     # (argument, condition) -> terms reading it
     # a SUM inside a ratio (or any formula of several terms) linearises to a centred variable
     in_formula = {t for f in plan.features if len(f.terms) > 1 for t in f.terms}
@@ -57,30 +68,31 @@ def tail_support(cur: duckdb.DuckDBPyConnection, plan: AggregatePlan, table: str
             continue
         variables.setdefault((term.arg.sql("duckdb"), _condition(term).sql("duckdb")), []).append(t)
     if not variables:
-        return need
+        return TailSupport(need, by_group)
     tops = [MAX_POWER if any(plan.terms[t].func.startswith(("var", "stddev")) for t in terms) else 3
             for terms in variables.values()]
     try:
-        sums = _power_sums(cur, list(variables), tops, table, plan.alias, centers, groups)
+        keys, sums = _power_sums(cur, list(variables), tops, table, plan.alias, centers, groups)
     except duckdb.Error:
-        return need
+        return TailSupport(need, by_group)
     for ((arg, _), terms), top, (n, center, power) in zip(variables.items(), tops, sums):
         keep = n > 0
         if not keep.any():
             continue
         raw = np.vstack([np.ones(keep.sum())] + [power[k][keep] / n[keep] for k in range(top)]
                         + [np.full(keep.sum(), math.nan)] * (MAX_POWER - top))
+        kept_keys = [key for key, k in zip(keys, keep) if k] if groups else []
         for t in terms:
             func = "avg" if plan.terms[t].func == "sum" and t in in_formula else plan.terms[t].func
             with np.errstate(all="ignore"):
                 g = _skewness(func, raw, center[keep])
-            # values too large for their power sums (about 1e51 and up): the tail cannot be
-            # measured, so no sample is trusted and the term is computed exactly
-            if not np.isfinite(g).all():
-                need[t] = UNMEASURED
-            else:
-                need[t] = max(MIN_SUPPORT, int(math.ceil(COCHRAN * float(np.max(g * g)))))
-    return need
+                # values too large for their power sums (about 1e51 and up): the tail cannot be
+                # measured, so no sample is trusted and the term is computed exactly
+                each = np.where(np.isfinite(g), np.maximum(MIN_SUPPORT, np.ceil(COCHRAN * g * g)), UNMEASURED)
+            need[t] = int(np.max(each))
+            for key, got, rows in zip(kept_keys, each, n[keep]):
+                by_group.setdefault(key, {})[t] = (int(got), float(rows))
+    return TailSupport(need, by_group)
 
 
 def pinned_groups(query: FeatureQuery, prepared: PreparedTable | None) -> tuple[str, ...]:
@@ -94,10 +106,23 @@ def pinned_groups(query: FeatureQuery, prepared: PreparedTable | None) -> tuple[
     return tuple(quote(n) for n in names) if all(n.lower() in pinned for n in names) else ()
 
 
+def pinned_params(query: FeatureQuery, groups: Sequence[str]) -> tuple[str, ...]:
+    """The request parameter each of ``groups`` (quoted column names) is pinned to, in order:
+    what finds a request's group. Empty when one is pinned to anything but a bare parameter."""
+    found = {}
+    for column, value in equality_pins(query).items():
+        value = value.this if isinstance(value, exp.Cast) else value
+        if isinstance(value, exp.Placeholder):
+            found[column] = value.name
+    names = [g.strip('"').lower() for g in groups]
+    return tuple(found[n] for n in names) if groups and all(n in found for n in names) else ()
+
+
 def _power_sums(cur, variables: list[tuple[str, str]], tops: list[int], table: str, alias: str | None,
-                centers: dict[str, float], groups: Sequence[str]) -> list[tuple[np.ndarray, ...]]:
-    """Per variable: (rows, center, [sum of y^k for k = 1..top]) as arrays with one entry per
-    group (one entry for the whole table without ``groups``), y = x - center. Without groups the
+                centers: dict[str, float], groups: Sequence[str]) -> tuple[list[tuple], list[tuple[np.ndarray, ...]]]:
+    """The groups' key values (none without ``groups``), and per variable: (rows, center,
+    [sum of y^k for k = 1..top]) as arrays with one entry per group (one entry for the whole
+    table without ``groups``), y = x - center. Without groups the
     center is the rough one given. Within groups it is each group's own mean, from one more pass
     and a join (on 2.4e8 rows 59 s against 18 s): around one shared center the sixth powers
     cancel away (measured: a battery cycle's temperature, 16 of its standard deviations from the
@@ -120,17 +145,20 @@ def _power_sums(cur, variables: list[tuple[str, str]], tops: list[int], table: s
         keys = ", ".join(groups)
         means = ", ".join(f"COALESCE(AVG({value}) FILTER (WHERE {cond}), 0) AS __aq_c{i}"
                           for i, (value, cond, _) in enumerate(centred))
-        sql = (f"SELECT {select} FROM {source} JOIN (SELECT {keys}, {means} FROM {source} GROUP BY {keys}) "
-               f"AS __aq_m USING ({keys}) GROUP BY {keys}")
+        key_names = [f"__aq_k{i}" for i in range(len(groups))]
+        sql = (f"SELECT {', '.join(f'{g} AS {k}' for g, k in zip(groups, key_names))}, {select} FROM {source} "
+               f"JOIN (SELECT {keys}, {means} FROM {source} GROUP BY {keys}) AS __aq_m USING ({keys}) GROUP BY {keys}")
     else:
-        sql = f"SELECT {select} FROM {source}"
-    cols = cur.execute(sql).fetchnumpy()
+        key_names, sql = [], f"SELECT {select} FROM {source}"
+    table_out = cur.sql(sql).to_arrow_table()
+    cols = {name: table_out.column(name).to_numpy(zero_copy_only=False) for name in names}
+    group_keys = list(zip(*(table_out.column(k).to_pylist() for k in key_names))) if key_names else []
     out, at = [], 0
     for top in tops:
         n, center, *power = (np.asarray(cols[name], dtype=float) for name in names[at:at + top + 2])
         out.append((n, center, power))
         at += top + 2
-    return out
+    return group_keys, out
 
 
 def _skewness(func: str, raw: np.ndarray, shift):
