@@ -167,6 +167,17 @@ def test_planner_plans_meet_their_bound():
         assert predicted_variance(queries, plan) <= sigma ** 2 * (1 + 1e-9)
 
 
+def test_a_plan_asked_for_after_a_missed_bound_always_reads_more():
+    """The variance model says the bound is met, the propagation said not (a non-normal output):
+    the most sensitive query doubles, instead of a plan that reads nothing (which ended exact)."""
+    from approxql.controller.planner import QueryPlanInput, plan_fractions
+    queries = [QueryPlanInput("a", 0.001, True, 1e-6, 0.0, 1e6, 1e-5, 0.5, 30.0),
+               QueryPlanInput("b", 0.002, True, 1e-4, 0.0, 1e6, 1e-5, 0.5, 30.0)]
+    assert plan_fractions(queries, 1.0, stalled=False) == {"a": 0.001, "b": 0.004}
+    flat = [QueryPlanInput("a", 0.001, True, 0.0, 0.0, 1e6, 1e-5, 0.5, 30.0)]   # the model ignores it
+    assert plan_fractions(flat, 1.0, stalled=False) == {"a": 0.001}
+
+
 def test_lookup_nulls_follow_fill_in_predict(world):
     con = world["con"]
     con.execute("CREATE OR REPLACE TABLE boosts AS SELECT 1 AS entity, 2.5 AS boost")
