@@ -406,6 +406,27 @@ def test_ratio_keeps_its_covariance_in_a_wide_query(db):
 
 
 @pytest.mark.parametrize("strategy", ["system", "prepared"])
+def test_bare_term_groups_in_one_pass_equal_each_group_apart(db, strategy):
+    """Groups of bare moment terms are estimated in one pass: the same values and covariances as
+    each group on its own columns, and none between groups."""
+    if strategy == "prepared":
+        prepare(db, "t", by=["k"])
+    q = query("AVG(x) AS a, STDDEV_SAMP(x) AS s, AVG(y) AS ay, VAR_POP(y) AS vp, SUM(w) AS sw, "
+              "COUNT(*) AS n, AVG(g) AS ag, AVG(x) FILTER (WHERE flag) AS af")
+    _, sampler = run(db, q, strategy, {"k": 1, "lim": 0.0}, [0.05 if strategy == "prepared" else 0.2])
+    assert len(sampler.c.groups) > 1
+    (every, vals, cov), = sampler._estimate_groups()
+    at = {i: a for a, i in enumerate(every)}
+    for group, cols in sampler.c.groups:
+        v, c = sampler._estimate_group(group, cols)
+        pos = [at[i] for i in group]
+        np.testing.assert_allclose(vals[pos], v, rtol=1e-12)
+        np.testing.assert_allclose(cov[np.ix_(pos, pos)], c, rtol=1e-9, atol=1e-300)
+        others = [a for a in range(len(every)) if a not in pos]
+        assert not cov[np.ix_(pos, others)].any()
+
+
+@pytest.mark.parametrize("strategy", ["system", "prepared"])
 def test_closed_form_jacobian_matches_finite_differences(db, strategy, monkeypatch):
     """Bare moment terms (COUNT, SUM, AVG, VAR, STDDEV) take their derivatives in closed form;
     every value, standard error and covariance must equal what finite differences give."""
