@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
-from scipy.stats import norm
 
 MARGIN = 1.25          # go a little past the predicted fraction: one round beats two
 EXACT_ABOVE = 0.5      # past half the rows, sampling costs about what exact costs
@@ -33,12 +33,15 @@ class QueryPlanInput:
     exact_ms: float           # predicted cost of computing it exactly
 
 
+_STANDARD = NormalDist()   # inv_cdf in 0.2 us; scipy's norm.ppf took 42 us, twice a round
+
+
 def target_sigma(task: str, delta: float | None, tau: float, margin: float | None = None) -> float:
     """Output standard deviation below which the bound holds for a normal output.
     For classification ``margin`` is the label's probability lead over the decision boundary."""
     if task == "regression":
-        return delta / norm.ppf((1 + tau) / 2)
-    return max(margin or 0.0, 1e-6) / norm.ppf(tau)
+        return delta / _STANDARD.inv_cdf((1 + tau) / 2)
+    return max(margin or 0.0, 1e-6) / _STANDARD.inv_cdf(tau)
 
 
 def plan_fractions(queries: list[QueryPlanInput], sigma: float, *, stalled: bool) -> dict[str, float]:
