@@ -125,6 +125,17 @@ def test_the_faster_read_serves_once_both_were_timed():
     assert sum(race.on_copies() for _ in range(RETRY)) == RETRY - 1
 
 
+def test_a_near_tie_goes_to_the_source():
+    """The copy's read also runs its currency check on a second core: it serves only when clearly faster."""
+    from approxql.sampling.exact_plan import EDGE, RETRY, TRIALS, Race
+    for copy_ms, copies in ((5.0 * (1 - EDGE / 2), False), (5.0 * (1 - 2 * EDGE), True)):
+        race = Race()
+        for _ in range(TRIALS):
+            race.record(True, copy_ms)
+            race.record(False, 5.0)
+        assert sum(race.on_copies() for _ in range(RETRY)) == (RETRY - 1 if copies else 1)
+
+
 def test_served_exact_equals_exact_whichever_read_serves(setup):
     con, pipe = setup
     bound = [bind_request(list(pipe.params), r) for r in REQUESTS]
