@@ -70,7 +70,7 @@ def _mergeable(q: FeatureQuery, dialect: str) -> list[exp.Expression] | None:
 
 def _scan_key(q: FeatureQuery, dialect: str) -> tuple[str, bool]:
     """What members of one group share: the FROM clause, and whether they have DISTINCT aggregates."""
-    return _text(q.select.args["from_"], dialect), any(True for _ in q.select.find_all(exp.Distinct))
+    return _text(q.select.args["from_"], dialect), q.select.find(exp.Distinct) is not None
 
 
 def _text(node: exp.Expression, dialect: str) -> str:

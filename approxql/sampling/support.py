@@ -81,7 +81,7 @@ def tail_support(cur: duckdb.DuckDBPyConnection, plan: AggregatePlan, table: str
             continue
         raw = np.vstack([np.ones(keep.sum())] + [power[k][keep] / n[keep] for k in range(top)]
                         + [np.full(keep.sum(), math.nan)] * (MAX_POWER - top))
-        kept_keys = [key for key, k in zip(keys, keep) if k] if groups else []
+        kept_keys = [key for key, k in zip(keys, keep) if k]   # none without groups
         for t in terms:
             func = "avg" if plan.terms[t].func == "sum" and t in in_formula else plan.terms[t].func
             with np.errstate(all="ignore"):
