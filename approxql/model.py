@@ -22,6 +22,11 @@ class ModelOutput:
     probabilities: np.ndarray | None = None
     classes: tuple | None = None
 
+    def take(self, rows) -> "ModelOutput":
+        """The outputs of some rows (a slice or an index array) of the batch."""
+        return ModelOutput(self.values[rows], None if self.probabilities is None else self.probabilities[rows],
+                           self.classes)
+
 
 class OnnxModel:
     """An ONNX Runtime session bound to the pipeline's input order.

@@ -218,3 +218,30 @@ def test_the_warm_start_learns_what_sufficed_not_where_requests_stopped(world):
     warm = {q: pipe.costs.warm_fraction(q) for q in ("q1", "q2", "q3")}
     assert all(w is not None and w < 0.25 for w in warm.values()), warm
     assert min(warm.values()) < 0.1, warm
+
+
+
+def test_a_trusted_round_runs_the_model_once(world):
+    """Secant rows and propagation draws share one model call once every interval is trusted;
+    the decisions are those of row-by-row calls (a row's output does not depend on its batch)."""
+    from approxql.model import ModelOutput
+    pipe, alone = make_pipeline(world, "mlp"), make_pipeline(world, "mlp")
+    calls = []
+    run = pipe.model.run
+    pipe.model.run = lambda X: calls.append(len(X)) or run(X)
+    one_by_one = alone.model.run
+
+    def rows_alone(X):
+        parts = [one_by_one(X[i:i + 1]) for i in range(len(X))]
+        proba = None if parts[0].probabilities is None else np.vstack([p.probabilities for p in parts])
+        return ModelOutput(np.concatenate([p.values for p in parts]), proba, parts[0].classes)
+    alone.model.run = rows_alone
+    checked = 0
+    for i, r in enumerate(world["requests"].to_pylist()[:40]):
+        calls.clear()
+        pred = pipe.predict(r, seed=i, learn=False, initial_fraction=0.1)
+        assert _same(pred, alone.predict(r, seed=i, learn=False, initial_fraction=0.1))
+        if not pred.exact and pred.rounds == 1:
+            checked += 1
+            assert len(calls) == 1 and calls[0] > 256, calls   # secant rows and 256 draws together
+    assert checked >= 20

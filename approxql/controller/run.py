@@ -231,15 +231,24 @@ class RequestRun:
         """Secant sensitivity; minimum support first (no propagation while an interval is untrusted);
         else Sobol propagation. The plan aims at the bound; a plan that missed it was 'stalled'."""
         pipe, opts = self.pipe, self.opts
-        out = yield from self._wait(Infer(secant_rows(state)), "propagation")
-        sens = secant_sensitivity(out, state, task=pipe.task)
-        margin = _label_margin(out) if pipe.task == "classification" else None   # row 0 is the point estimate
+        secant = secant_rows(state)
+        draws = None
+        if all(r.needed_fraction <= samplers[q].fraction for q, r in results.items()):
+            # every interval is trusted already, so propagation will run: one model call for both
+            draws = state.draw(normal_draws(len(state.x0), opts.points, opts.seed + round_no))
+        out = yield from self._wait(Infer(secant if draws is None else np.vstack([secant, draws])), "propagation")
+        k = len(secant)
+        head = out.take(slice(0, k))
+        sens = secant_sensitivity(head, state, task=pipe.task)
+        margin = _label_margin(head) if pipe.task == "classification" else None   # row 0 is the point estimate
         needs = _needed(results, sens, pipe.inputs)
         prop = None
         if all(needs[q] <= samplers[q].fraction for q in samplers):
-            rows = np.vstack([state.x0[None, :], state.draw(normal_draws(len(state.x0), opts.points, opts.seed + round_no))])
-            out = yield from self._wait(Infer(rows), "propagation")
-            prop = judge(out, task=pipe.task, delta=opts.delta)
+            if draws is None:
+                draws = state.draw(normal_draws(len(state.x0), opts.points, opts.seed + round_no))
+                out = yield from self._wait(Infer(np.vstack([secant[:1], draws])), "propagation")
+                k = 1
+            prop = judge(out.take(np.r_[0, k:len(out.values)]), task=pipe.task, delta=opts.delta)
         stalled = prop is not None and len(history) > 1 and history[-2].get("probability") is not None
         self.enough = {} if prop is None else _enough(pipe, samplers, results, sens, needs, margin, opts)
         return prop, lambda: _plan(pipe, self.book, samplers, results, sens, needs, margin, opts, stalled)
