@@ -132,6 +132,25 @@ def test_row_path_equals_summing_path(db, k, items):
     assert k == 99 or rows.moments.n > 0
 
 
+
+def test_row_path_moments_do_not_share_the_scratch_matrix(db):
+    """The row path builds its matrix in a reused per-thread buffer: moments handed out earlier
+    must not change when a later call (of more rows) reuses it."""
+    q = query(ROW_PATH_ITEMS)
+    layout = compile_query(DuckDBEngine(db), db, q, strategy="prepared").layout
+    numeric, present, filters = layout._row_inputs()
+    rng = np.random.default_rng(5)
+
+    def fetched(n):
+        return ([np.ma.masked_array(rng.normal(size=n), mask=rng.random(n) < 0.1) for _ in numeric]
+                + [rng.random(n) < 0.9 for _ in present] + [rng.random(n) < 0.5 for _ in filters])
+    first = layout.moments_from_rows(fetched(300))
+    kept = (first.mean.copy(), first.comoment.copy())
+    second = layout.moments_from_rows(fetched(5000))
+    np.testing.assert_array_equal(first.mean, kept[0])
+    np.testing.assert_array_equal(first.comoment, kept[1])
+    assert second.n == 5000 and not np.allclose(second.mean, first.mean)
+
 def test_row_path_notices_a_stale_copy(tmp_path):
     con = duckdb.connect(str(tmp_path / "stale_rows.duckdb"))
     con.execute("CREATE TABLE t AS SELECT i % 2 AS k, i * 1.0 AS x FROM range(100000) r(i)")

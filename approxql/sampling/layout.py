@@ -12,6 +12,7 @@ FILTER. Products that a column sum already gives (nn*nn, nn*y, y*y) are not aske
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,7 +148,10 @@ class MomentLayout:
     def moments_from_rows(self, fetched: list[np.ndarray]) -> Moments:
         """Moments of the contribution columns from the row path's fetched values (in
         ``rows_sql`` order): the full co-moment matrix, where the summed SQL gives only the
-        products it asks for. Each column is built with the SQL's own arithmetic."""
+        products it asks for. Each column is built with the SQL's own arithmetic, in place in
+        a per-thread scratch matrix: fresh megabytes every call cost more in page faults than
+        the arithmetic (measured on 17 columns at 2e4 rows: 3.3-4.5 ms a call, against 0.46 ms
+        for the product alone on a reused matrix)."""
         numeric, present, filters = self._row_inputs()
         n = len(fetched[0]) if fetched else 0
         if n == 0:
@@ -157,22 +161,24 @@ class MomentLayout:
         known = {a: ~np.ma.getmaskarray(v) for a, v in values.items()}
         known.update({a: np.asarray(next(it), dtype=bool) for a in present})
         passes = {f: np.asarray(next(it), dtype=bool) for f in filters}
-        X = np.empty((n, len(self.columns)), order="F")   # column-major: Z.T @ Z is one fast BLAS call
+        X = _scratch(n, len(self.columns))   # column-major: Z.T @ Z is one fast BLAS call
         X[:, 0] = 1.0
         for j, c in enumerate(self.columns[1:], start=1):
-            keep = known[c.arg] if c.arg is not None else np.ones(n, dtype=bool)
+            keep = known[c.arg] if c.arg is not None else None
             if c.filter:
-                keep = keep & passes[c.filter]
+                keep = passes[c.filter] if keep is None else keep & passes[c.filter]
+            col = X[:, j]
             if c.value is None:
-                X[:, j] = keep
+                col[:] = True if keep is None else keep
                 continue
-            y = np.ma.getdata(values[c.arg]).astype(np.float64)
-            if c.shift:
-                y = y - c.shift
-            X[:, j] = np.where(keep, y * y if c.square else y, 0.0)
+            np.subtract(np.ma.getdata(values[c.arg]), c.shift, out=col)
+            if c.square:
+                col *= col
+            if keep is not None and not keep.all():
+                col[~keep] = 0.0
         mean = X.mean(axis=0)
-        Z = X - mean
-        return Moments(n, mean, Z.T @ Z)
+        X -= mean
+        return Moments(n, mean, X.T @ X)
 
     def block_pairs(self) -> list[tuple[int, int]]:
         """Products summed over blocks: per block, column 0 is the block's matching-row count."""
@@ -292,3 +298,18 @@ def _term_value(func: str, s: TermSlots, T: np.ndarray) -> float:
             return math.nan              # sample variance of one row is NULL
         v = var_pop * nn / (nn - 1)
     return math.sqrt(v) if func.startswith("stddev") else v
+
+
+_SCRATCH = threading.local()
+SCRATCH_MAX = 2**22   # values (32 MB) a thread keeps for the row path between calls
+
+
+def _scratch(n: int, k: int) -> np.ndarray:
+    """An (n, k) column-major matrix over this thread's reused buffer (grown when too small, up
+    to SCRATCH_MAX values; a larger one is not kept)."""
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.size < n * k:
+        buf = np.empty(n * k)
+        if n * k <= SCRATCH_MAX:
+            _SCRATCH.buf = buf
+    return buf[:n * k].reshape((n, k), order="F")
