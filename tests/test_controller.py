@@ -245,3 +245,24 @@ def test_a_trusted_round_runs_the_model_once(world):
             checked += 1
             assert len(calls) == 1 and calls[0] > 256, calls   # secant rows and 256 draws together
     assert checked >= 20
+
+
+@pytest.mark.parametrize("start_rows", [None, 0])
+def test_a_first_read_of_a_copy_takes_at_least_start_rows(world, monkeypatch, start_rows):
+    """A read of a few thousand rows costs a statement's floor: the first round reads at least
+    START_ROWS of a query's typical matching rows (and without the rule, the warm start reads less)."""
+    from approxql.controller import run
+    from approxql.controller.options import START_ROWS, WARM_CAP
+    if start_rows is not None:
+        monkeypatch.setattr(run, "START_ROWS", start_rows)
+    pipe = make_pipeline(world, "linear")
+    requests = world["requests"].to_pylist()
+    for i, r in enumerate(requests[:12]):
+        pipe.predict(r, seed=i)                          # learns typical matching rows and the warm start
+    first = pipe.predict(requests[20], seed=1, learn=False).history[0]["fractions"]
+    floor = {q: min(START_ROWS / pipe.costs.typical_matching(q), WARM_CAP) for q in first}
+    below = [q for q, f in first.items() if f < 1.0 and f < floor[q] * (1 - 1e-9)]
+    if start_rows is None:
+        assert not below, (first, floor)
+    else:
+        assert below, (first, floor)                     # the warm start alone reads less: the test can tell

@@ -11,6 +11,7 @@ POLICIES = ("approxql", "biathlon", "fixed")   # fixed: one sample at initial_fr
 DEFAULT_POINTS = 256
 DEFAULT_START = 0.02
 WARM_CAP = 0.25      # a warm start never begins above this fraction on warm history alone
+START_ROWS = 2_000   # a first read of a prepared copy takes at least this many rows (see run._start)
 
 
 @dataclass(frozen=True)
