@@ -126,6 +126,14 @@ class CompiledQuery:
         return self._description
 
     @cached_property
+    def joint_groups(self) -> tuple[list[int], list[int], np.ndarray]:
+        """For estimating every group in one pass: the features of all groups, the columns they
+        read, and each feature's group number (fixed per query, so derived once)."""
+        every = [i for g, _ in self.groups for i in g]
+        cols = sorted({c for _, cs in self.groups for c in cs})
+        return every, cols, np.repeat(np.arange(len(self.groups)), [len(g) for g, _ in self.groups])
+
+    @cached_property
     def _description(self) -> str:   # every prediction's notes carry it: built once
         head = f"{self.query.name} (line {self.query.line}): "
         if not self.sampled:
@@ -423,15 +431,13 @@ class QuerySampler:
         AVGs on the vibration segments, each its own group)."""
         groups = self.c.groups
         if len(groups) > 1:
-            every = [i for g, _ in groups for i in g]
-            cols = sorted({c for _, cs in groups for c in cs})
+            every, cols, label = self.c.joint_groups
             mom, p = self.moments, self.fraction
             sub = Moments(mom.n, mom.mean[cols], mom.comoment[np.ix_(cols, cols)])
             closed = (_bare_term_jacobian(self.c.plan, self.c.layout, every, cols, mom.total / p)
                       if np.isfinite(sub.comoment).all() and np.isfinite(sub.mean).all() else None)
             if closed is not None:   # (a non-finite moment stays inside its own group: see below)
                 vals, cov = covariance_from_jacobian(*closed, sub, p)
-                label = np.repeat(np.arange(len(groups)), [len(g) for g, _ in groups])
                 cov[label[:, None] != label[None, :]] = 0.0
                 return [(every, vals, cov)]
         return [(group, *self._estimate_group(group, cols)) for group, cols in groups]
