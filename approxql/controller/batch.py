@@ -100,14 +100,10 @@ def _infer(model, blocks: list[np.ndarray]) -> list[ModelOutput]:
     """One model run over all blocks (in chunks of MODEL_CHUNK rows), split back per block."""
     rows = np.vstack(blocks)
     parts = [model.run(rows[a:a + MODEL_CHUNK]) for a in range(0, len(rows), MODEL_CHUNK)]
-    values = np.concatenate([p.values for p in parts])
     proba = None if parts[0].probabilities is None else np.vstack([p.probabilities for p in parts])
-    outs, a = [], 0
-    for block in blocks:
-        b = a + len(block)
-        outs.append(ModelOutput(values[a:b], None if proba is None else proba[a:b], parts[0].classes))
-        a = b
-    return outs
+    whole = ModelOutput(np.concatenate([p.values for p in parts]), proba, parts[0].classes)
+    ends = np.cumsum([len(block) for block in blocks])
+    return [whole.take(slice(b - len(block), b)) for block, b in zip(blocks, ends)]
 
 
 def describe(bound: Mapping[str, Any]) -> str:

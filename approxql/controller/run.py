@@ -232,10 +232,9 @@ class RequestRun:
         else Sobol propagation. The plan aims at the bound; a plan that missed it was 'stalled'."""
         pipe, opts = self.pipe, self.opts
         secant = secant_rows(state)
-        draws = None
-        if all(r.needed_fraction <= samplers[q].fraction for q, r in results.items()):
-            # every interval is trusted already, so propagation will run: one model call for both
-            draws = state.draw(normal_draws(len(state.x0), opts.points, opts.seed + round_no))
+        draw = lambda: state.draw(normal_draws(len(state.x0), opts.points, opts.seed + round_no))  # noqa: E731
+        # every interval trusted already: propagation will run, so one model call serves both
+        draws = draw() if all(r.needed_fraction <= samplers[q].fraction for q, r in results.items()) else None
         out = yield from self._wait(Infer(secant if draws is None else np.vstack([secant, draws])), "propagation")
         k = len(secant)
         head = out.take(slice(0, k))
@@ -245,7 +244,7 @@ class RequestRun:
         prop = None
         if all(needs[q] <= samplers[q].fraction for q in samplers):
             if draws is None:
-                draws = state.draw(normal_draws(len(state.x0), opts.points, opts.seed + round_no))
+                draws = draw()
                 out = yield from self._wait(Infer(np.vstack([secant[:1], draws])), "propagation")
                 k = 1
             prop = judge(out.take(np.r_[0, k:len(out.values)]), task=pipe.task, delta=opts.delta)
