@@ -16,6 +16,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from ..estimators import z_value
+
 MARGIN = 1.25          # go a little past the predicted fraction: one round beats two
 EXACT_ABOVE = 0.5      # past half the rows, sampling costs about what exact costs
 
@@ -33,14 +35,14 @@ class QueryPlanInput:
     exact_ms: float           # predicted cost of computing it exactly
 
 
-_STANDARD = NormalDist()   # inv_cdf in 0.2 us; scipy's norm.ppf took 42 us, twice a round
+_STANDARD = NormalDist()   # inv_cdf in 0.2 us; scipy's norm.ppf took 42 us, twice a round (one-sided here)
 
 
 def target_sigma(task: str, delta: float | None, tau: float, margin: float | None = None) -> float:
     """Output standard deviation below which the bound holds for a normal output.
     For classification ``margin`` is the label's probability lead over the decision boundary."""
     if task == "regression":
-        return delta / _STANDARD.inv_cdf((1 + tau) / 2)
+        return delta / z_value(tau)
     return max(margin or 0.0, 1e-6) / _STANDARD.inv_cdf(tau)
 
 
