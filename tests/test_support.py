@@ -100,6 +100,7 @@ def test_intervals_trusted_at_the_group_need_cover(con):
     hits = {name: 0 for name in q.features}
     for rep in range(REPS):
         prepare(con, "t", by=["k"], seed=rep)
+        compiled = compile_query(engine, con, q, strategy="prepared")   # (it reads its groups by row id)
         sampler = QuerySampler(compiled, engine, {"k": SKEWED}, seed=rep)
         with con.cursor() as cur:
             sampler.advance(cur, fraction)

@@ -33,9 +33,11 @@ class SampleSource(ABC):
 
     @abstractmethod
     def increment_sql(self, plan: AggregatePlan, layout: MomentLayout, lo: float, hi: float,
-                      value_terms: list[int], value_cap: int, *, seed: int = 0) -> SampleSQL:
+                      value_terms: list[int], value_cap: int, *, seed: int = 0,
+                      group: tuple[int, int] | None = None) -> SampleSQL:
         """SQL for the rows with sample key in [lo, hi) (nested) or a fresh sample at ``hi``
-        (drawn with ``seed`` where the strategy draws at query time)."""
+        (drawn with ``seed`` where the strategy draws at query time); ``group`` (first row id,
+        rows) reads positions [lo, hi) of the request's group instead (prepared copies only)."""
 
     def next_fraction(self, current: float, wanted: float) -> float:
         """The fraction to move to when ``wanted`` is asked for (non-nested sources grow geometrically)."""

@@ -22,7 +22,7 @@ from ..engines.base import Compiled, Engine
 from ..engines.duckdb import _first_line
 from ..errors import QueryError
 from .base import batch_column
-from .prepared import PreparedSource, key_ranges, offset_of
+from .prepared import PreparedSource, offset_of, ranges_of
 from .sampler import CompiledQuery, QuerySampler
 
 BATCH_MIN = 32
@@ -36,6 +36,7 @@ def advance_many(engine: Engine, cur: duckdb.DuckDBPyConnection, items: Sequence
     if not items:
         return
     c = items[0][0].c
+    items = [(s, s.reachable(p)) for s, p in items]
     exact = [s for s, p in items if p >= 1.0 or not c.sampled]
     sampled = [(s, p) for s, p in items if p < 1.0 and c.sampled]
     if isinstance(c.source, PreparedSource) and len(sampled) >= BATCH_MIN:
@@ -60,21 +61,21 @@ def _prepared_many(engine, cur, c: CompiledQuery, items, types) -> list[QuerySam
             s.fall_back(s.stale_note(), compute=False)
         items = [(s, p) for s, p in items if not s.fell_back]
     groups: dict[tuple, list] = {}
-    for s, p in items:
+    for s, p in items:   # one statement per set of growing quantile terms, and per way of reading
         inc = s.increment(p)
-        groups.setdefault(inc.growing, []).append((s, inc))
+        groups.setdefault((inc.growing, s.group is not None), []).append((s, inc))
     width = c.layout.result_width(clustered=False)
-    for growing, members in groups.items():
+    for (growing, by_position), members in groups.items():
         columns: dict[str, pa.Array] = {"__aq_id": pa.array(range(len(members)), pa.int64())}
         for name in c.sample_params:
             columns[batch_column(name)] = pa.array([s.params[name] for s, _ in members], types[name])
-        ranges = [key_ranges(inc.lo, inc.hi, offset_of(s.seed)) for s, inc in members]
-        for k in ("__a1", "__b1", "__a2", "__b2"):
-            columns[batch_column(k)] = pa.array([r[k] for r in ranges], pa.float64())
+        ranges = [ranges_of(inc.lo, inc.hi, s.seed, s.group) for s, inc in members]
+        for k in ranges[0]:
+            columns[batch_column(k)] = pa.array([r[k] for r in ranges], pa.int64() if by_position else pa.float64())
         if growing:
             columns[batch_column("__u")] = pa.array([offset_of(s.seed) for s, _ in members], pa.float64())
             columns[batch_column("__cap")] = pa.array([inc.cap for _, inc in members], pa.int64())
-        sql = c.source.batch_sql(c.plan, c.layout, list(growing), RELATION)
+        sql = c.source.batch_sql(c.plan, c.layout, list(growing), RELATION, by_position=by_position)
         cur.register(RELATION, pa.table(columns))
         try:
             rows = {r[0]: r[1:] for r in _execute(cur, sql, c)}

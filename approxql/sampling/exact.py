@@ -14,5 +14,5 @@ class ExactSource(SampleSource):
         return 1.0
 
     def increment_sql(self, plan: AggregatePlan, layout: MomentLayout, lo: float, hi: float,
-                      value_terms: list[int], value_cap: int, *, seed: int = 0) -> SampleSQL:
+                      value_terms: list[int], value_cap: int, *, seed: int = 0, group=None) -> SampleSQL:
         raise AssertionError("the exact strategy never samples: QuerySampler computes fraction 1 exactly")

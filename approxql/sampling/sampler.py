@@ -28,7 +28,7 @@ from .currency import read_while_checking
 from .layout import MomentLayout, term_gradient
 from .exact import ExactSource
 from .exact_plan import ExactPlan, exact_plan
-from .prepared import PreparedSource
+from .prepared import PreparedSource, group_positions
 from .support import CLUSTER_FACTOR, MIN_SUPPORT, pinned_groups, pinned_params, tail_support
 from .system import SystemSource
 from .terms import AggregatePlan, analyze, term_index
@@ -93,18 +93,27 @@ class CompiledQuery:
     exact_many: Compiled | None = None       # ``exact`` for a relation of requests (batches)
     exact_only_many: Compiled | None = None  # ``exact_only`` for a relation of requests
     exact_plan: ExactPlan | None = None      # ``exact`` on the prepared copy where its order finds the rows
+    positions: Mapping[tuple, tuple[int, int]] | None = None  # per group: (first row id, rows) on the copy
 
     @property
     def sampled(self) -> bool:
         return self.source is not None and not isinstance(self.source, ExactSource)
 
     def _group(self, params: Mapping[str, Any]) -> Mapping[int, tuple[int, float]] | None:
-        if not self.group_params:
+        return self._lookup(self.group_support, params)
+
+    def _lookup(self, by_group: Mapping[tuple, Any] | None, params: Mapping[str, Any]):
+        if not self.group_params or not by_group:
             return None
         try:
-            return self.group_support.get(tuple(params[k] for k in self.group_params))
+            return by_group.get(tuple(params[k] for k in self.group_params))
         except TypeError:   # an unhashable value finds no group
             return None
+
+    def positions_for(self, params: Mapping[str, Any]) -> tuple[int, int] | None:
+        """(first row id, rows) of this request's group on the copy, to read it by position; None
+        reads by key (no index, or a group the copy did not have when the pipeline was loaded)."""
+        return self._lookup(self.positions, params)
 
     def support_for(self, params: Mapping[str, Any]) -> dict[int, int]:
         """Sampled rows each term needs for this request: its group's own need where the group
@@ -171,10 +180,14 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
         if strategy == "prepared" and prepared is None:
             raise OptionError(f"strategy 'prepared' needs a prepared copy of {plan.table!r}: "
                               f"run approxql.prepare(con, {plan.table!r}, by=[...]) first")
-        source: SampleSource = PreparedSource(prepared) if prepared else SystemSource(plan.table)
         table = prepared.copy if prepared else plan.table
         centers = _centers(cur, plan, table)
         groups = pinned_groups(query, prepared)
+        # one group per request and no quantile (its values are taken in key order): read by position
+        positions = (group_positions(cur, prepared.copy, groups)
+                     if groups and pinned_params(query, groups) and not any(t.is_quantile for t in plan.terms) else None)
+        source: SampleSource = (PreparedSource(prepared, positions=positions is not None) if prepared
+                                else SystemSource(plan.table))
         support = tail_support(cur, plan, table, centers, groups=groups)
     layout = MomentLayout.build(plan, centers)
     exact_only = exact_only_many = None
@@ -191,7 +204,8 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
     compiled = CompiledQuery(query, plan, layout, source, exact, exact_only, min_support=support.need,
                              group_support=support.by_group, group_params=pinned_params(query, groups),
                              sample_params=sample_params, groups=tuple(layout.feature_groups(moment_features)),
-                             exact_many=exact_many, exact_only_many=exact_only_many, exact_plan=on_copy)
+                             exact_many=exact_many, exact_only_many=exact_only_many, exact_plan=on_copy,
+                             positions=positions)
     why = _dry_run(con, compiled)
     if why:  # e.g. a view (no rowid to sample blocks by): sample nothing, rather than fail every request
         return CompiledQuery(query, plan, None, None, exact, None, note=f"sampling SQL cannot run here ({why})",
@@ -203,11 +217,13 @@ def _dry_run(con, c: CompiledQuery) -> str | None:
     """Run the sampling statement once on an empty range with NULL parameters: it binds every
     name now, instead of failing on every request."""
     terms = [t for t, term in enumerate(c.plan.terms) if term.is_quantile]
-    stmt = c.source.increment_sql(c.plan, c.layout, 0.0, 1e-9, terms, 1)
-    params = {**{k: None for k in c.sample_params}, **stmt.extra_params}
+    stmts = [c.source.increment_sql(c.plan, c.layout, 0.0, 1e-9, terms, 1)]
+    if c.positions:
+        stmts.append(c.source.increment_sql(c.plan, c.layout, 0.0, 0.0, terms, 1, group=(0, 1)))
     try:
         with con.cursor() as cur:
-            cur.execute(stmt.sql, params).fetchall()
+            for stmt in stmts:
+                cur.execute(stmt.sql, {**{k: None for k in c.sample_params}, **stmt.extra_params}).fetchall()
     except duckdb.Error as e:
         return _first_line(e)
     return None
@@ -231,6 +247,16 @@ class QuerySampler:
         self._result = None
         self._value_terms = [t for t, term in enumerate(compiled.plan.terms) if term.is_quantile]
         self.min_support = compiled.support_for(self.params)
+        self.group = compiled.positions_for(self.params)   # (first row id, rows): read by position
+
+    def reachable(self, p: float) -> float:
+        """The fraction a read towards ``p`` reaches: by position, a whole number of the group's
+        rows and at least one more than read (1.0 once that is all of them); else ``p``."""
+        if self.group is None or p >= 1.0:
+            return p
+        rows = self.group[1]
+        cut = max(round(p * rows), round(self.fraction * rows) + 1)
+        return 1.0 if cut >= rows else cut / rows
 
     @property
     def done(self) -> bool:
@@ -245,6 +271,7 @@ class QuerySampler:
         """Read the sample up to fraction ``p`` (1.0 = compute the query exactly). ``matching``
         (the rows the query matches, as far as the caller knows) picks how: an increment of a
         few thousand rows is read as rows and summed here, a larger one summed by DuckDB."""
+        p = self.reachable(p)
         if p <= self.fraction:
             return
         if p >= 1.0 or not self.c.sampled:
@@ -262,10 +289,10 @@ class QuerySampler:
         rows = (isinstance(self.c.source, PreparedSource) and not inc.growing and matching is not None
                 and matching * (p - inc.lo) <= ROW_PATH_MAX)
         if rows:
-            stmt = self.c.source.rows_sql(self.c.plan, self.c.layout, inc.lo, inc.hi, seed=self.seed)
+            stmt = self.c.source.rows_sql(self.c.plan, self.c.layout, inc.lo, inc.hi, seed=self.seed, group=self.group)
         else:
             stmt = self.c.source.increment_sql(self.c.plan, self.c.layout, inc.lo, p, list(inc.growing), inc.cap,
-                                               seed=self.seed)
+                                               seed=self.seed, group=self.group)
 
         def read():
             res = cur.execute(stmt.sql, {**bound, **stmt.extra_params})
@@ -343,6 +370,11 @@ class QuerySampler:
         self.fraction = 1.0
 
     def stale_note(self) -> str:
+        if self.c.positions:
+            return (f"the prepared copy of {self.c.source.prepared.source} is stale (the source's row count "
+                    f"changed since it was prepared, or it was prepared again after this pipeline was loaded, "
+                    f"which reads its groups by row id); computed exactly — run approxql prepare again if the "
+                    f"source changed, then load the pipeline again")
         return (f"the prepared copy of {self.c.source.prepared.source} is stale (the source's row count "
                 f"changed since it was prepared); computed exactly — run approxql prepare again")
 

@@ -33,7 +33,7 @@ class SystemSource(SampleSource):
         return 1.0 if step >= 0.5 else step  # past half the table a sample costs about as much as exact
 
     def increment_sql(self, plan: AggregatePlan, layout: MomentLayout, lo: float, hi: float,
-                      value_terms: list[int], value_cap: int, *, seed: int = 0) -> SampleSQL:
+                      value_terms: list[int], value_cap: int, *, seed: int = 0, group=None) -> SampleSQL:
         seed = self.seed if self.seed is not None else seed
         key = tuple(value_terms)   # one template per set of value terms; percent and seed filled in
         if key not in self._sql:
