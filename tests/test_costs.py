@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from approxql.controller.costs import ARM_MIN, EXPLORE, Arms, CostBook, CostLog
+from approxql.controller.costs import ARM_MIN, EXPLORE, Arms, CostBook, CostLog, OnlineCost
 
 pytestmark = pytest.mark.timing_choices   # constructed latencies: the choice itself is under test
 
@@ -21,9 +21,10 @@ def serve(arms: Arms, sampled_ms: float, exact_ms: float, n: int) -> list[bool]:
 def test_sampling_is_kept_while_it_is_cheaper():
     arms = Arms()
     chosen = serve(arms, sampled_ms=2.0, exact_ms=10.0, n=200)
-    assert chosen[:ARM_MIN] == [False] * ARM_MIN            # sampling first
-    assert chosen[ARM_MIN:ARM_MIN + 3] == [True] * 3        # then exact is measured
-    later = chosen[ARM_MIN + 3:]
+    first = ARM_MIN + 1                                     # (a pipeline's first request is not counted)
+    assert chosen[:first] == [False] * first                # sampling first
+    assert chosen[first:first + 3] == [True] * 3            # then exact is measured
+    later = chosen[first + 3:]
     assert sum(later) in (len(later) // (EXPLORE + 1), len(later) // (EXPLORE + 1) + 1)   # exact retried rarely
     assert "exact at once against" in arms.exact_pays()[1]
 
@@ -59,6 +60,57 @@ def test_the_choice_follows_a_change_in_costs():
     switched = chosen.index(False)                              # the first retry of sampling
     assert switched <= EXPLORE + 1
     assert not any(chosen[switched + 9:])                       # it wins within a few tries, and stays
+
+
+def test_a_pipelines_first_request_teaches_neither_way():
+    """It pays one-time costs (the model's first run) that are not its way's."""
+    arms = Arms()
+    arms.add(False, 40.0)
+    for _ in range(ARM_MIN):
+        arms.add(False, 3.0)
+    for _ in range(3):
+        arms.add(True, 4.0)
+    assert list(arms.sampled) == [3.0] * ARM_MIN and arms.means == (3.0, 4.0)
+    assert not arms.exact_pays()[0]
+
+
+def test_one_costly_sampled_request_does_not_flip_a_clear_choice():
+    """Sampled requests that mostly stop in one cheap round: one that took many rounds moves the
+    mean of the last ARM_MEMORY requests by a fraction of its cost, not past exact's."""
+    arms = Arms()
+    arms.add(False, 1.0)
+    for i in range(40):
+        arms.add(False, 3.0)
+    for _ in range(3):
+        arms.add(True, 3.8)
+    arms.add(False, 20.0)
+    sampled, exact = arms.means
+    assert sampled < exact, arms.means    # (over the last 16 alone: 4.06 against 3.8)
+
+
+def test_an_online_cost_drops_its_first_observation_once_a_second_arrives():
+    cost = OnlineCost(0.5, 1e-5)
+    cost.add(2000, 6.8)                      # a cold first read
+    assert cost.fit() == pytest.approx((6.78, 1e-5))
+    cost.add(2000, 2.5)
+    assert cost.n == 1 and cost.fit() == pytest.approx((2.48, 1e-5))
+    cost.add(12000, 4.5)
+    assert cost.n == 2 and cost.fit() == pytest.approx((2.1, 2e-4))
+    copied = cost.copy()
+    copied.add(2000, 2.1)
+    assert copied.n == 3 and cost.n == 2
+
+
+def test_a_query_started_exact_on_cost_is_sampled_again_now_and_then():
+    """Exact starts teach the sampling cost nothing: after EXPLORE of them in a row, one samples."""
+    book = CostBook()
+    for i in range(EXPLORE):
+        assert not book.sampling_due("q"), i
+        book.merge(CostLog(started=[("q", True)]))
+    assert book.sampling_due("q")
+    snap = book.snapshot()
+    book.merge(CostLog(started=[("q", False)]))   # that request sampled
+    assert not book.sampling_due("q") and snap.sampling_due("q")
 
 
 def test_snapshot_copies_the_arms():

@@ -120,7 +120,7 @@ class RequestRun:
         if whole_exact:          # whole requests have been cheaper exact: no sampler is even built
             self.exact_at_once = True
             return (yield from self._exact_at_once(plans, why))
-        targets, forced = _start(book, plans, opts, self.bound)
+        targets, forced, self.log.started = _start(book, plans, opts, self.bound)
         if all(p >= 1.0 for p in targets.values()):
             self.exact_at_once = True
             return (yield from self._exact_at_once(plans, forced=forced))
@@ -199,14 +199,17 @@ class RequestRun:
 
     def _exact_at_once(self, plans, why: str = "", forced: dict | None = None):
         """Every query is predicted cheaper exact (``forced`` says which must stay so), or whole
-        requests have been (``why``): one statement for all features. Only the first teaches the
-        warm start: a choice made on whole requests says nothing of the fraction a query needs."""
+        requests have been (``why``): one statement for all features. Only queries forced exact
+        teach the warm start: a choice of the cheaper way, on whole requests or on one query's
+        predicted costs, says nothing of the fraction a query needs."""
         pipe, opts = self.pipe, self.opts
         raw, stale = yield from self._wait(ExactAll(self.bound), "planning")
         features = pipe.model_features(raw)
         value = yield from self._value([features[n] for n in pipe.inputs], "estimation")
         if opts.learn and forced is not None:
-            pipe.costs.merge(CostLog(finished=[(q, 1.0, None, f) for q, f in forced.items()]))
+            on_cost = dict(self.log.started)
+            pipe.costs.merge(CostLog(finished=[(q, 1.0, None, f) for q, f in forced.items() if not on_cost.get(q)],
+                                     started=self.log.started))
         reason = ("every feature is exact: initial_fraction=1" if opts.initial_fraction == 1 else
                   f"every feature is exact: {why}" if why else
                   "every feature is exact: each query was started exact (sampling it failed for recent "
@@ -287,13 +290,15 @@ class _Clock:
         self.t = time.perf_counter()
 
 
-def _start(book, plans, opts: Options, bound: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, bool]]:
+def _start(book, plans, opts: Options, bound: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, bool], list]:
     """First fractions: 5 % for Biathlon; else the option, or the warm start or the default, raised
     to what the request's group needs for minimum support and, on a prepared copy, to START_ROWS
     of its typical matching rows; exact at once where exact is predicted no dearer than that
-    first sample. And per query, whether it is forced exact (not sampled, or sampling it kept
-    failing): such queries stay marked so."""
-    targets, forced = {}, {}
+    first sample, unless that was so for the last ``EXPLORE`` requests (then the sample is read, to
+    measure its cost again), and never every query on cost alone: exact at once is the arms'
+    choice, made on whole requests. And per query, whether it is forced exact (not sampled, or
+    sampling it kept failing): such queries stay marked so; and (query, started exact on cost)."""
+    targets, forced, on_cost, first = {}, {}, {}, {}
     for q, c in plans.items():
         impossible = book.sampling_impossible(q)
         forced[q] = (not c.sampled) or impossible
@@ -317,11 +322,17 @@ def _start(book, plans, opts: Options, bound: Mapping[str, Any]) -> tuple[dict[s
                 # (turbofan at 8.4e4 rows, sampled: warm start at 0.1-0.5 % took 2.37 rounds and a
                 # mean 5.9 ms; at >= 2,000 rows 1.04 rounds and 3.1 ms)
                 p = max(p, min(START_ROWS / matching, WARM_CAP))
-            if impossible or (
-                    matching is not None and book.exact_ms(q, matching) <= book.sampling_ms(q, p * matching)):
-                p = 1.0
-            targets[q] = p
-    return targets, forced
+            first[q] = p
+            on_cost[q] = (not impossible and matching is not None and not book.sampling_due(q)
+                          and book.exact_ms(q, matching) <= book.sampling_ms(q, p * matching))
+            targets[q] = 1.0 if impossible or on_cost[q] else p
+    if on_cost and all(p >= 1.0 for p in targets.values()):
+        # one statement's predicted cost said exact for every query; whole requests decide that
+        # (measured: one early request that took four rounds fitted the sampling cost at 4-6 ms
+        # against 2.4 measured later, and kept the vibration segments exact at once for good)
+        targets.update({q: first[q] for q, yes in on_cost.items() if yes})
+        on_cost = dict.fromkeys(on_cost, False)
+    return targets, forced, list(on_cost.items())
 
 
 def _needed(results, sens: np.ndarray, inputs) -> dict[str, float]:
