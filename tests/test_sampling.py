@@ -133,6 +133,30 @@ def test_row_path_equals_summing_path(db, k, items):
 
 
 
+def test_row_path_fetches_float_and_integer_columns_as_they_are(tmp_path):
+    """FLOAT and integer arguments are fetched without a CAST (numpy widens them, NULLs kept as
+    masks); others keep it. Both give the summing path's estimates."""
+    con = duckdb.connect(str(tmp_path / "types.duckdb"))
+    con.execute("""CREATE TABLE t AS SELECT i % 2 AS k, (i * 0.37 % 11)::FLOAT AS f,
+                   CASE WHEN i % 7 = 0 THEN NULL ELSE (i * 13 % 101)::INTEGER END AS n,
+                   (i * 7919 % 100003)::BIGINT AS b, (i % 5)::UBIGINT AS u, (i % 13 / 4)::DECIMAL(6, 2) AS d
+                   FROM range(40000) r(i)""")
+    prepare(con, "t", by=["k"])
+    q = query("AVG(f) AS af, VAR_SAMP(f) AS vf, AVG(n) AS an, SUM(n) AS sn, COUNT(n) AS cn, AVG(b) AS ab, "
+              "AVG(u) AS au, AVG(d) AS ad, AVG(f * n) AS afn")
+    compiled = compile_query(DuckDBEngine(con), con, q, strategy="prepared")
+    assert compiled.layout.native == {"f", "n", "b", "f * n"}, compiled.layout.native
+    rows, sums = (QuerySampler(compiled, DuckDBEngine(con), {"k": 1, "lim": 0.0}, seed=3) for _ in range(2))
+    with con.cursor() as cur:
+        for p in (0.05, 0.1):
+            rows.advance(cur, p, matching=1.0)
+            sums.advance(cur, p, matching=None)
+            a, b = rows.result(), sums.result()
+            for name in q.features:
+                assert a.values[name] == pytest.approx(b.values[name], rel=1e-9), name
+                assert a.stderr[name] == pytest.approx(b.stderr[name], rel=1e-6, abs=1e-9), name
+
+
 def test_row_path_moments_do_not_share_the_scratch_matrix(db):
     """The row path builds its matrix in a reused per-thread buffer: moments handed out earlier
     must not change when a later call (of more rows) reuses it."""

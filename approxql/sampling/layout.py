@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from ..estimators import Moments
 from .terms import AggregatePlan
 
 FULL_COVARIANCE_MAX_COLUMNS = 8  # above this, only products within one term are summed
+NATIVE_TYPES = {"FLOAT", "DOUBLE", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class MomentLayout:
     funcs: tuple[str, ...]
     pairs: tuple[tuple[int, int], ...]       # (i, j), 1 <= i <= j: products the covariance needs
     same_as: dict                            # (i, j) -> column whose row sum equals the product's
+    native: frozenset = frozenset()          # arguments the row path fetches as they are (see rows_sql)
 
     @classmethod
     def build(cls, plan: AggregatePlan, centers: dict[str, float]) -> "MomentLayout":
@@ -132,11 +134,24 @@ class MomentLayout:
         """Select items for the row path: each numeric argument once (as DOUBLE, NULL kept),
         whether each count-only argument is NULL, and each FILTER; ``moments_from_rows`` builds
         every contribution column from them, so a square or an indicator costs no fetched column
-        (measured: 5 columns fetch in 1.4 ms where their 15 contribution columns took 4.4)."""
+        (measured: 5 columns fetch in 1.4 ms where their 15 contribution columns took 4.4).
+        Arguments of a float or integer type are fetched as they are, numpy widens them: the CAST
+        cost DuckDB about 0.03 ms a column (nine FLOAT sensors, 2,000 rows: 2.59 against 2.32 ms)."""
         numeric, present, filters = self._row_inputs()
-        items = ([f"CAST(({a}) AS DOUBLE)" for a in numeric] + [f"(({a}) IS NOT NULL)" for a in present]
+        items = ([f"({a})" if a in self.native else f"CAST(({a}) AS DOUBLE)" for a in numeric]
+                 + [f"(({a}) IS NOT NULL)" for a in present]
                  + [f"COALESCE(({f}), FALSE)" for f in filters])
         return items or ["1"]   # a plain COUNT(*) needs only the rows themselves
+
+    def with_native_types(self, types: dict[str, str]) -> "MomentLayout":
+        """This layout, fetching as they are the row-path arguments whose DuckDB type (``types``:
+        argument -> type name) numpy holds exactly or widens as DuckDB's CAST to DOUBLE would."""
+        numeric = self._row_inputs()[0]
+        return replace(self, native=frozenset(a for a in numeric if types.get(a) in NATIVE_TYPES))
+
+    def row_arguments(self) -> list[str]:
+        """The numeric arguments the row path fetches, in ``rows_sql`` order."""
+        return self._row_inputs()[0]
 
     def _row_inputs(self) -> tuple[list[str], list[str], list[str]]:
         numeric = list(dict.fromkeys(c.arg for c in self.columns if c.value is not None))
@@ -171,7 +186,7 @@ class MomentLayout:
             if c.value is None:
                 col[:] = True if keep is None else keep
                 continue
-            np.subtract(np.ma.getdata(values[c.arg]), c.shift, out=col)
+            np.subtract(np.ma.getdata(values[c.arg]), c.shift, out=col, dtype=np.float64)   # (in double, as SQL)
             if c.square:
                 col *= col
             if keep is not None and not keep.all():

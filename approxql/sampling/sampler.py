@@ -190,6 +190,8 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
                                 else SystemSource(plan.table))
         support = tail_support(cur, plan, table, centers, groups=groups)
     layout = MomentLayout.build(plan, centers)
+    if prepared:
+        layout = layout.with_native_types(_types(con, layout.row_arguments(), plan, table))
     exact_only = exact_only_many = None
     if any(not f.approximable for f in plan.features):
         sub = query.select.copy()
@@ -542,6 +544,20 @@ def _params_in(nodes, declared) -> tuple[str, ...]:
     """The declared parameters that occur in ``nodes`` (DuckDB refuses unused bound parameters)."""
     used = {p.name for n in nodes if n is not None for p in n.find_all(exp.Placeholder)}
     return tuple(p for p in declared if p in used)
+
+
+def _types(con, args: list[str], plan: AggregatePlan, table: str) -> dict[str, str]:
+    """DuckDB's type name of each argument (none where one cannot be described alone, such as
+    an argument that reads a request parameter: those keep their CAST)."""
+    if not args:
+        return {}
+    items = ", ".join(f"({a}) AS __aq_{i}" for i, a in enumerate(args))
+    try:
+        with con.cursor() as cur:
+            rows = cur.execute(f"DESCRIBE SELECT {items} FROM {quote(table)} AS {quote(plan.alias or table)}").fetchall()
+    except duckdb.Error:
+        return {}
+    return {a: str(row[1]) for a, row in zip(args, rows)}
 
 
 def _centers(cur, plan: AggregatePlan, table: str) -> dict[str, float]:
