@@ -395,6 +395,8 @@ def test_a_pinned_group_is_read_by_position(db):
         for p in (0.01, 0.013, 0.05):
             sampler.advance(cur, p)
             assert sampler.moments.n == round(p * rows) and sampler.fraction == round(p * rows) / rows
+        sampler.advance(cur, sampler.fraction)          # nothing more asked: nothing more read
+        assert sampler.moments.n == round(0.05 * rows)
     assert sampler.result().values["n"] == pytest.approx(rows, rel=1e-12)
     assert compile_query(DuckDBEngine(db), db, query("MEDIAN(x) AS m"), strategy="prepared").positions is None
 

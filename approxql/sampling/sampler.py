@@ -254,7 +254,7 @@ class QuerySampler:
     def reachable(self, p: float) -> float:
         """The fraction a read towards ``p`` reaches: by position, a whole number of the group's
         rows and at least one more than read (1.0 once that is all of them); else ``p``."""
-        if self.group is None or p >= 1.0:
+        if self.group is None or p >= 1.0 or p <= self.fraction:
             return p
         rows = self.group[1]
         cut = max(round(p * rows), round(self.fraction * rows) + 1)
