@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from approxql.controller.costs import ARM_MIN, EXPLORE, Arms, CostBook, CostLog, OnlineCost
+from approxql.controller.costs import ARM_MIN, EXPLORE, FAR_EXPLORE, Arms, CostBook, CostLog, OnlineCost
 
 pytestmark = pytest.mark.timing_choices   # constructed latencies: the choice itself is under test
 
@@ -20,7 +20,7 @@ def serve(arms: Arms, sampled_ms: float, exact_ms: float, n: int) -> list[bool]:
 
 def test_sampling_is_kept_while_it_is_cheaper():
     arms = Arms()
-    chosen = serve(arms, sampled_ms=2.0, exact_ms=10.0, n=200)
+    chosen = serve(arms, sampled_ms=2.0, exact_ms=3.0, n=200)
     first = ARM_MIN + 1                                     # (a pipeline's first request is not counted)
     assert chosen[:first] == [False] * first                # sampling first
     assert chosen[first:first + 3] == [True] * 3            # then exact is measured
@@ -35,6 +35,16 @@ def test_exact_wins_when_sampling_costs_more():
     later = chosen[ARM_MIN + 3:]
     retried = len(later) - sum(later)
     assert retried in (len(later) // (EXPLORE + 1), len(later) // (EXPLORE + 1) + 1)   # sampling retried, rarely
+
+
+def test_a_far_dearer_way_is_tried_more_rarely():
+    """Sampling at three times exact's latency (a request matching few rows): each retry costs a
+    request three times over, so it comes once in FAR_EXPLORE requests, not EXPLORE."""
+    arms = Arms()
+    chosen = serve(arms, sampled_ms=9.0, exact_ms=3.0, n=600)
+    later = chosen[ARM_MIN + 4:]
+    retried = len(later) - sum(later)
+    assert retried in (len(later) // (FAR_EXPLORE + 1), len(later) // (FAR_EXPLORE + 1) + 1), retried
 
 
 def test_two_humps_of_sampled_latencies_are_weighed_by_their_mean():
