@@ -401,6 +401,30 @@ def test_a_pinned_group_is_read_by_position(db):
     assert compile_query(DuckDBEngine(db), db, query("MEDIAN(x) AS m"), strategy="prepared").positions is None
 
 
+def test_a_batched_read_by_position_reads_each_row_once(tmp_path):
+    """A read that wraps round a small group touches one 2,048-row bucket from both of its
+    ranges: the batched statement must still read each row once, as one request's does."""
+    import pyarrow as pa
+    from approxql.sampling.batch import BATCH_MIN, advance_many
+    con = duckdb.connect(str(tmp_path / "small.duckdb"))
+    con.execute("CREATE TABLE t AS SELECT (i % 40)::INTEGER AS k, i * 0.37 % 11 AS x FROM range(60000) r(i)")
+    prepare(con, "t", by=["k"])
+    compiled = compile_query(DuckDBEngine(con), con, query("COUNT(*) AS n, AVG(x) AS a"), strategy="prepared")
+    assert compiled.positions_for({"k": 0})[1] == 1500
+
+    def samplers():
+        return [QuerySampler(compiled, DuckDBEngine(con), {"k": k, "lim": 0.0}, seed=k) for k in range(40)]
+    alone, batched = samplers(), samplers()
+    assert len(batched) >= BATCH_MIN
+    with con.cursor() as cur:
+        for s in alone:
+            s.advance(cur, 0.9)
+        advance_many(DuckDBEngine(con), cur, [(s, 0.9) for s in batched], {"k": pa.int32()})
+    for a, b in zip(alone, batched):
+        assert a.moments.n == b.moments.n == 1350
+        np.testing.assert_allclose(a.moments.mean, b.moments.mean, rtol=1e-12)
+
+
 def test_reads_by_position_cover_at_the_nominal_rate(db):
     """Positions [a, b) of a group's run in key order are a simple random sample: 95 % intervals of
     AVG from 300 requests' own offsets (3,000 of 300,000 rows each) cover the truth about 95 % of

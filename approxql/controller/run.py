@@ -199,17 +199,15 @@ class RequestRun:
 
     def _exact_at_once(self, plans, why: str = "", forced: dict | None = None):
         """Every query is predicted cheaper exact (``forced`` says which must stay so), or whole
-        requests have been (``why``): one statement for all features. Only queries forced exact
-        teach the warm start: a choice of the cheaper way, on whole requests or on one query's
-        predicted costs, says nothing of the fraction a query needs."""
+        requests have been (``why``): one statement for all features. Only the first teaches the
+        warm start: a choice made on whole requests says nothing of the fraction a query needs
+        (and ``_start`` never makes every query exact on predicted cost)."""
         pipe, opts = self.pipe, self.opts
         raw, stale = yield from self._wait(ExactAll(self.bound), "planning")
         features = pipe.model_features(raw)
         value = yield from self._value([features[n] for n in pipe.inputs], "estimation")
         if opts.learn and forced is not None:
-            on_cost = dict(self.log.started)
-            pipe.costs.merge(CostLog(finished=[(q, 1.0, None, f) for q, f in forced.items() if not on_cost.get(q)],
-                                     started=self.log.started))
+            pipe.costs.merge(CostLog(finished=[(q, 1.0, None, f) for q, f in forced.items()], started=self.log.started))
         reason = ("every feature is exact: initial_fraction=1" if opts.initial_fraction == 1 else
                   f"every feature is exact: {why}" if why else
                   "every feature is exact: each query was started exact (sampling it failed for recent "

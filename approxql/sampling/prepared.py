@@ -97,15 +97,17 @@ class PreparedSource(SampleSource):
             sql = (f"SELECT __rq.__aq_id, {', '.join(items)} FROM __rq JOIN {quote(self.prepared.copy)} AS "
                    f"{alias} ON {bucket} = __rq.__aq_bucket "
                    f"WHERE {where} GROUP BY __rq.__aq_id" + (", __rq.__aq_cap" if value_terms else ""))
+            # UNION, not UNION ALL: a read that wraps round its group (or the key circle) can
+            # touch one bucket from both of its ranges, and a bucket listed twice joins its rows twice
             if by_position:
-                buckets = " UNION ALL ".join(
+                buckets = " UNION ".join(
                     f"SELECT __aq_id, unnest(range(__aq_{r} // {ROW_BUCKET}, (__aq_{s} + {ROW_BUCKET - 1}) // "
                     f"{ROW_BUCKET})) AS __aq_bucket FROM {relation} WHERE __aq_{s} > __aq_{r}"
                     for r, s in (("r1", "s1"), ("r2", "s2")))
             else:
                 buckets = (f"SELECT __aq_id, unnest(range(floor(__aq_a1 * {BUCKETS})::BIGINT, "
                            f"ceil(least(__aq_b1, 1.0) * {BUCKETS})::BIGINT)) AS __aq_bucket FROM {relation} "
-                           f"UNION ALL SELECT __aq_id, unnest(range(0, ceil(__aq_b2 * {BUCKETS})::BIGINT)) "
+                           f"UNION SELECT __aq_id, unnest(range(0, ceil(__aq_b2 * {BUCKETS})::BIGINT)) "
                            f"FROM {relation} WHERE __aq_b2 > 0")
             self._batch[key] = (f"WITH __rb AS ({buckets}), __rq AS (SELECT {relation}.*, __rb.__aq_bucket FROM "
                                 f"{relation} JOIN __rb USING (__aq_id)) " + rebind(sql, "__rq"))

@@ -547,8 +547,8 @@ def _params_in(nodes, declared) -> tuple[str, ...]:
 
 
 def _types(con, args: list[str], plan: AggregatePlan, table: str) -> dict[str, str]:
-    """DuckDB's type name of each argument (none where one cannot be described alone, such as
-    an argument that reads a request parameter: those keep their CAST)."""
+    """DuckDB's type name of each argument; none at all when they cannot be described together
+    (an argument that reads a request parameter): then every argument keeps its CAST."""
     if not args:
         return {}
     items = ", ".join(f"({a}) AS __aq_{i}" for i, a in enumerate(args))
