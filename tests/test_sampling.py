@@ -381,6 +381,29 @@ def test_stale_prepared_copy_is_never_used(tmp_path):
     assert r.values["a"] == pytest.approx(exact_row(con, q, {"k": 1, "lim": 0.0})["a"])  # includes the new row
 
 
+def test_currency_check_counts_the_source_against_the_catalog(tmp_path):
+    """The check compares the source's rows with the count the catalog wrote beside the copy: an
+    append makes it false and a new prepare true again for reads by key, not for reads by
+    position (their groups were indexed on the old copy); a copy the catalog no longer lists is
+    never current."""
+    from approxql.sampling.catalog import lookup
+    from approxql.sampling.prepared import PreparedSource
+    con = duckdb.connect(str(tmp_path / "check.duckdb"))
+    con.execute("CREATE TABLE t AS SELECT i % 2 AS k, i * 1.0 AS x FROM range(10000) r(i)")
+    prepare(con, "t", by=["k"])
+    by_key, by_position = PreparedSource(lookup(con, "t")), PreparedSource(lookup(con, "t"), positions=True)
+
+    def current(source):
+        return con.execute(f"SELECT {source.current_sql()}").fetchall()[0][0]
+    assert current(by_key) is True and current(by_position) is True
+    con.execute("INSERT INTO t VALUES (1, 2.0)")
+    assert current(by_key) is False and current(by_position) is False
+    prepare(con, "t", by=["k"])
+    assert current(by_key) is True and current(by_position) is False
+    con.execute("DELETE FROM approxql_catalog WHERE source = 't'")
+    assert current(by_key) is False
+
+
 def test_a_pinned_group_is_read_by_position(db):
     """A query that pins every ``by`` column reads row-id ranges of its group's run on the copy:
     each fraction is a whole number of the group's rows and increments add up, so a COUNT of the

@@ -69,16 +69,16 @@ class PreparedSource(SampleSource):
         return SampleSQL(self._sql[key], ranges_of(lo, hi, seed, group), clustered=False)
 
     def current_sql(self) -> str:
-        """True while the copy has as many rows as its source (the staleness check). Both counts
-        in one statement: no count cached at load can go stale. Where requests read by position,
-        also while the copy is the very one whose groups were indexed at load, not a later prepare."""
-        same = (f"(SELECT count(*) FROM {quote(self.prepared.source)}) = "
-                f"(SELECT count(*) FROM {quote(self.prepared.copy)})")
-        if not self.positions:
-            return same
-        at = self.prepared.prepared_at.isoformat(sep=" ")
-        return (same + f" AND (SELECT count(*) FROM {CATALOG} WHERE source = {_literal(self.prepared.source)} "
-                f"AND prepared_at = TIMESTAMP '{at}') = 1")
+        """True while the source has as many rows as when its copy was written (the staleness
+        check). The count is the catalog's, written in the copy's own transaction, so a later
+        prepare updates both at once; counting the copy too cost 0.2-0.3 ms on 2.4e8 rows. Where
+        requests read by position, also while the copy is the very one whose groups were indexed
+        at load, not a later prepare."""
+        which = f"source = {_literal(self.prepared.source)}"
+        if self.positions:
+            which += f" AND prepared_at = TIMESTAMP '{self.prepared.prepared_at.isoformat(sep=' ')}'"
+        return (f"coalesce((SELECT count(*) FROM {quote(self.prepared.source)}) = "
+                f"(SELECT source_rows FROM {CATALOG} WHERE {which}), false)")   # no such copy: not current
 
     def batch_sql(self, plan: AggregatePlan, layout: MomentLayout, value_terms: list[int], relation: str,
                   *, by_position: bool = False) -> str:
