@@ -424,6 +424,56 @@ def test_a_pinned_group_is_read_by_position(db):
     assert compile_query(DuckDBEngine(db), db, query("MEDIAN(x) AS m"), strategy="prepared").positions is None
 
 
+def test_a_read_by_position_filters_nothing_when_the_where_only_names_the_group(db):
+    """``k = $k`` and nothing else: the group's rows are exactly the rows the query matches, so
+    a read by position needs no WHERE (and binds no $k). Another condition, or a request whose
+    group is NULL (which matches no row), keeps it."""
+    from approxql.sampling.support import where_is_group
+    prepare(db, "t", by=["k"])
+    engine = DuckDBEngine(db)
+    plain = compile_query(engine, db, query("COUNT(*) AS n, AVG(x) AS a"), strategy="prepared")
+    assert plain.source.where_is_group and plain.read_params(True) == () and plain.read_params(False) == ("k",)
+    filtered = compile_query(engine, db, query("COUNT(*) AS n, AVG(x) AS a", where="k = $k AND x > $lim"),
+                             strategy="prepared")
+    assert filtered.positions is not None and not filtered.source.where_is_group
+    assert not where_is_group(query(where="k = $k AND k = $lim"), ['"k"'], {'"k"': "INTEGER"})
+    assert not where_is_group(query(), ['"k"'], {'"k"': "DOUBLE"})   # -0.0 and NaN: Python's = is not DuckDB's
+    assert where_is_group(query(), ['"k"'], {'"k"': "INTEGER"})
+    rows = plain.positions_for({"k": 2})[1]
+    with db.cursor() as cur:
+        read = []
+        for compiled in (plain, filtered):   # the same positions, with and without the filter
+            sampler = QuerySampler(compiled, engine, {"k": 2, "lim": -1e9}, seed=5)
+            sampler.advance(cur, 0.2, matching=1.0)
+            assert sampler.moments.n == round(0.2 * rows)
+            read.append(sampler.result().values["a"])
+        assert read[0] == pytest.approx(read[1], rel=1e-12)
+        nothing = QuerySampler(plain, engine, {"k": None, "lim": 0.0}, seed=5)
+        assert nothing.group is None
+        nothing.advance(cur, 0.2)
+        assert nothing.result().values["n"] == 0
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_only_a_read_that_wraps_round_reads_two_ranges(db, seed):
+    """A read from the request's offset past the end of its group (or of the key circle) goes
+    on at the start: two ranges. Any other carries one, and each reads its fraction's rows."""
+    from approxql.sampling.prepared import offset_of
+    prepare(db, "t", by=["k"])
+    engine = DuckDBEngine(db)
+    compiled = compile_query(engine, db, query("COUNT(*) AS n"), strategy="prepared")
+    start, rows = compiled.positions_for({"k": 2})
+    u, p = offset_of(seed), 0.4
+    stmt = compiled.source.rows_sql(compiled.plan, compiled.layout, 0.0, p, seed=seed, group=(start, rows))
+    assert ("__r2" in stmt.extra_params) == (int(u * rows) + round(p * rows) > rows)
+    stmt = compiled.source.rows_sql(compiled.plan, compiled.layout, 0.0, p, seed=seed)
+    assert ("__a2" in stmt.extra_params) == (u + p > 1.0)
+    sampler = QuerySampler(compiled, engine, {"k": 2, "lim": 0.0}, seed=seed)
+    with db.cursor() as cur:
+        sampler.advance(cur, p, matching=1.0)
+    assert sampler.moments.n == round(p * rows)
+
+
 def test_a_batched_read_by_position_reads_each_row_once(tmp_path):
     """A read that wraps round a small group touches one 2,048-row bucket from both of its
     ranges: the batched statement must still read each row once, as one request's does."""

@@ -28,8 +28,8 @@ from .currency import read_while_checking
 from .layout import MomentLayout, term_gradient
 from .exact import ExactSource
 from .exact_plan import ExactPlan, exact_plan
-from .prepared import PreparedSource, group_positions
-from .support import CLUSTER_FACTOR, MIN_SUPPORT, pinned_groups, pinned_params, tail_support
+from .prepared import PreparedSource, group_positions, offset_of
+from .support import CLUSTER_FACTOR, MIN_SUPPORT, pinned_groups, pinned_params, tail_support, where_is_group
 from .system import SystemSource
 from .terms import AggregatePlan, analyze, term_index
 
@@ -94,6 +94,7 @@ class CompiledQuery:
     exact_only_many: Compiled | None = None  # ``exact_only`` for a relation of requests
     exact_plan: ExactPlan | None = None      # ``exact`` on the prepared copy where its order finds the rows
     positions: Mapping[tuple, tuple[int, int]] | None = None  # per group: (first row id, rows) on the copy
+    position_params: tuple[str, ...] = ()  # request parameters a read by position reads (no WHERE: fewer)
 
     @property
     def sampled(self) -> bool:
@@ -105,10 +106,17 @@ class CompiledQuery:
     def _lookup(self, by_group: Mapping[tuple, Any] | None, params: Mapping[str, Any]):
         if not self.group_params or not by_group:
             return None
+        key = tuple(params[k] for k in self.group_params)
+        if any(v is None for v in key):   # col = NULL matches no row, not the group of NULLs
+            return None
         try:
-            return by_group.get(tuple(params[k] for k in self.group_params))
+            return by_group.get(key)
         except TypeError:   # an unhashable value finds no group
             return None
+
+    def read_params(self, by_position: bool) -> tuple[str, ...]:
+        """The request parameters a read binds."""
+        return self.position_params if by_position else self.sample_params
 
     def positions_for(self, params: Mapping[str, Any]) -> tuple[int, int] | None:
         """(first row id, rows) of this request's group on the copy, to read it by position; None
@@ -186,8 +194,9 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
         # one group per request and no quantile (its values are taken in key order): read by position
         positions = (group_positions(cur, prepared.copy, groups)
                      if groups and pinned_params(query, groups) and not any(t.is_quantile for t in plan.terms) else None)
-        source: SampleSource = (PreparedSource(prepared, positions=positions is not None) if prepared
-                                else SystemSource(plan.table))
+        plain = positions is not None and where_is_group(query, groups, _types(con, list(groups), plan, table))
+        source: SampleSource = (PreparedSource(prepared, positions=positions is not None, where_is_group=plain)
+                                if prepared else SystemSource(plan.table))
         support = tail_support(cur, plan, table, centers, groups=groups)
     layout = MomentLayout.build(plan, centers)
     if prepared:
@@ -199,6 +208,7 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
         sub.set("expressions", [e for e, name in zip(sub.expressions, query.features) if name in keep])
         only = _with_select(query, sub, tuple(n for n in query.features if n in keep))
         exact_only, exact_only_many = engine.compile_exact([only]), engine.compile_exact([only], batch=True)
+    term_params = _params_in([*[t.arg for t in plan.terms], *[t.filter for t in plan.terms]], query.params)
     sample_params = _params_in([plan.where, *[t.arg for t in plan.terms], *[t.filter for t in plan.terms]],
                                query.params)
     moment_features = [(i, f.terms) for i, f in enumerate(plan.features)
@@ -207,7 +217,7 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
                              group_support=support.by_group, group_params=pinned_params(query, groups),
                              sample_params=sample_params, groups=tuple(layout.feature_groups(moment_features)),
                              exact_many=exact_many, exact_only_many=exact_only_many, exact_plan=on_copy,
-                             positions=positions)
+                             positions=positions, position_params=term_params if plain else sample_params)
     why = _dry_run(con, compiled)
     if why:  # e.g. a view (no rowid to sample blocks by): sample nothing, rather than fail every request
         return CompiledQuery(query, plan, None, None, exact, None, note=f"sampling SQL cannot run here ({why})",
@@ -219,13 +229,17 @@ def _dry_run(con, c: CompiledQuery) -> str | None:
     """Run the sampling statement once on an empty range with NULL parameters: it binds every
     name now, instead of failing on every request."""
     terms = [t for t, term in enumerate(c.plan.terms) if term.is_quantile]
-    stmts = [c.source.increment_sql(c.plan, c.layout, 0.0, 1e-9, terms, 1)]
+    # tiny reads of one range and of two (wrapping round 1: seed 1 starts at 0.618), by key and by position
+    u = offset_of(1)
+    stmts = [(c.source.increment_sql(c.plan, c.layout, lo, lo + 2e-9, terms, 1, seed=1), False)
+             for lo in (0.0, 1.0 - u - 1e-9)]
     if c.positions:
-        stmts.append(c.source.increment_sql(c.plan, c.layout, 0.0, 0.0, terms, 1, group=(0, 1)))
+        stmts += [(c.source.increment_sql(c.plan, c.layout, 0.0, hi, terms, 1, seed=1, group=(0, 4)), True)
+                  for hi in (0.25, 0.75)]
     try:
         with con.cursor() as cur:
-            for stmt in stmts:
-                cur.execute(stmt.sql, {**{k: None for k in c.sample_params}, **stmt.extra_params}).fetchall()
+            for stmt, by_position in stmts:
+                cur.execute(stmt.sql, {**{k: None for k in c.read_params(by_position)}, **stmt.extra_params}).fetchall()
     except duckdb.Error as e:
         return _first_line(e)
     return None
@@ -287,7 +301,7 @@ class QuerySampler:
         if self.fraction == 0.0 and self.c.exact_only is not None:
             self.exact_values = self.engine.exact_features(self.c.exact_only, self.params, cur)
         inc = self.increment(p)
-        bound = {k: self.params[k] for k in self.c.sample_params}
+        bound = {k: self.params[k] for k in self.c.read_params(self.group is not None)}
         rows = (isinstance(self.c.source, PreparedSource) and not inc.growing and matching is not None
                 and matching * (p - inc.lo) <= ROW_PATH_MAX)
         if rows:
