@@ -119,8 +119,10 @@ def main() -> None:
         "Read the exact batch's row with care: its lateral statement lets DuckDB compute a subquery once per "
         "distinct set of correlated values, so the two whole-entity queries are computed once per entity (16 "
         "here) and shared by every request on it, while each sampled request reads its own rotated sample. "
-        "Where many requests of a batch share entity-wide aggregates, exact batches can beat sampled ones; "
-        "predict_many keeps each request's decisions equal to predict's and does not yet weigh that.",
+        "Where many requests of a batch share entity-wide aggregates, exact batches can beat sampled ones. "
+        "predict_many starts a query exact where the pipeline's costs predict exact no dearer, as predict "
+        "does, but does not learn predict's whole-request choice (the loop's exact-at-once requests) and "
+        "does not weigh the sharing an exact batch gets.",
         "Setup seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in took.items()),
     ]
     out = Path(args.out)

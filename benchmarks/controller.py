@@ -143,6 +143,12 @@ def matching_rows(con, reqs: list[dict], spec) -> list[dict[str, float]]:
     return [{q: float(c[f"m{i}"]) for i, q in enumerate(names)} for c in counts]
 
 
+def stop_kind(reason: str) -> str:
+    """A stop reason without its numbers (each request's own latencies and probabilities), so
+    that reasons of one kind count together."""
+    return re.sub(r"\d+(\.\d+)?", "#", reason)
+
+
 def summarize(preds, exact, delta: float, matching) -> dict:
     lat = np.array([p.latency_ms for p in preds])
     queries = list(matching[0])
@@ -154,7 +160,7 @@ def summarize(preds, exact, delta: float, matching) -> dict:
         "rows": np.mean([sum(p.rates[q] * m[q] for q in queries) for p, m in zip(preds, matching)]),
         "fractions": {q: np.mean([p.rates[q] for p in preds]) for q in queries},
         "approximate": np.mean([not p.exact for p in preds]),
-        "stop": Counter(re.sub(r"probability [0-9.]+", "probability", p.stop_reason) for p in preds),
+        "stop": Counter(stop_kind(p.stop_reason) for p in preds),
         "round_hist": Counter(p.rounds for p in preds),
     }
 
