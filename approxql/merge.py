@@ -33,7 +33,7 @@ from sqlglot import exp
 from .plan import FeatureQuery, QueryKind
 from .sqlparts import conjuncts
 
-RANGES = (exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Between)   # what a zone map prunes a scan by
+RANGES = (exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Between)   # what zone maps prune by, where the column is clustered
 _PLAIN = {"expressions", "from_", "where"}   # a SELECT with anything else (a join, GROUP BY, USING SAMPLE, ...) stays apart
 
 

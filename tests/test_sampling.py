@@ -436,9 +436,11 @@ def test_a_read_by_position_filters_nothing_when_the_where_only_names_the_group(
     filtered = compile_query(engine, db, query("COUNT(*) AS n, AVG(x) AS a", where="k = $k AND x > $lim"),
                              strategy="prepared")
     assert filtered.positions is not None and not filtered.source.where_is_group
-    assert not where_is_group(query(where="k = $k AND k = $lim"), ['"k"'], {'"k"': "INTEGER"})
-    assert not where_is_group(query(), ['"k"'], {'"k"': "DOUBLE"})   # -0.0 and NaN: Python's = is not DuckDB's
-    assert where_is_group(query(), ['"k"'], {'"k"': "INTEGER"})
+    def named(t):   # what the declared type of $k is called in DuckDB
+        return {"INT": "INTEGER"}.get(t.sql("duckdb"))
+    assert not where_is_group(query(where="k = $k AND k = $lim"), ['"k"'], {'"k"': "INTEGER"}, named)
+    assert not where_is_group(query(), ['"k"'], {'"k"': "DOUBLE"}, named)   # -0.0, NaN: Python's = is not DuckDB's
+    assert where_is_group(query(), ['"k"'], {'"k"': "INTEGER"}, named)
     rows = plain.positions_for({"k": 2})[1]
     with db.cursor() as cur:
         read = []
@@ -452,6 +454,50 @@ def test_a_read_by_position_filters_nothing_when_the_where_only_names_the_group(
         assert nothing.group is None
         nothing.advance(cur, 0.2)
         assert nothing.result().values["n"] == 0
+
+
+@pytest.mark.parametrize("declared, plain", [("DECIMAL(10,1)", False), ("DECIMAL(10,2)", True)])
+def test_a_pin_whose_cast_rounds_keeps_its_where(tmp_path, declared, plain):
+    """A parameter declared narrower than its column: DuckDB compares the column with the rounded
+    value (1.25 as DECIMAL(10,1) is 1.3) where the lookup finds group 1.25. Its WHERE stays, so
+    the read by position of the wrong group finds no row instead of another group's."""
+    con = duckdb.connect(str(tmp_path / "dec.duckdb"))
+    con.execute("CREATE TABLE t AS SELECT (CASE WHEN i % 2 = 0 THEN 1.25 ELSE 1.30 END)::DECIMAL(10,2) AS k, "
+                "(i % 2 + 1.0 + (i % 7) / 100.0) AS x FROM range(4000) r(i)")
+    prepare(con, "t", by=["k"])
+    text = HEADER.replace("k INTEGER", f"k {declared}").format(first="n")
+    q = parse_pipeline(text + "SELECT COUNT(*) AS n, AVG(x) AS a FROM t WHERE k = $k;").queries[0]
+    engine = DuckDBEngine(con)
+    compiled = compile_query(engine, con, q, strategy="prepared")
+    assert compiled.positions is not None and compiled.source.where_is_group is plain
+    params = {"k": __import__("decimal").Decimal("1.25"), "lim": 0.0}
+    sampler = QuerySampler(compiled, engine, params, seed=2)
+    with con.cursor() as cur:
+        sampler.advance(cur, 0.1, matching=1.0)
+    exact = exact_row(con, q, params)
+    if plain:
+        assert sampler.result().values["a"] == pytest.approx(exact["a"], rel=0.05)
+    else:
+        assert exact["n"] == 2000 and sampler.moments.n == 0   # group 1.25's positions, filtered to k = 1.3
+
+
+def test_a_read_by_position_without_where_checks_the_copy_every_time(tmp_path):
+    """A copy prepared again between two reads of one request would hand the second read another
+    group's rows at the indexed positions: each such read checks the copy."""
+    con = duckdb.connect(str(tmp_path / "again.duckdb"))
+    con.execute("CREATE TABLE t AS SELECT (i % 3)::INTEGER AS k, i * 1.0 AS x FROM range(30000) r(i)")
+    prepare(con, "t", by=["k"])
+    engine = DuckDBEngine(con)
+    compiled = compile_query(engine, con, query("COUNT(*) AS n, AVG(x) AS a"), strategy="prepared")
+    assert compiled.source.where_is_group
+    sampler = QuerySampler(compiled, engine, {"k": 1, "lim": 0.0}, seed=4)
+    with con.cursor() as cur:
+        sampler.advance(cur, 0.01, matching=1.0)
+        prepare(con, "t", by=["k"], seed=9)
+        sampler.advance(cur, 0.05, matching=1.0)
+    r = sampler.result()
+    assert r.exact and "prepared again" in r.reasons["a"]
+    assert r.values["a"] == pytest.approx(exact_row(con, query("COUNT(*) AS n, AVG(x) AS a"), {"k": 1})["a"])
 
 
 @pytest.mark.parametrize("seed", range(12))

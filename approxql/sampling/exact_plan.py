@@ -95,7 +95,8 @@ class ExactPlan:
             self.race.record(True, (time.perf_counter() - t0) * 1e3)
             return values, ""
         note = (f"the prepared copy of {', '.join(self.copies)} is stale (the source's row count changed since "
-                f"it was prepared); computed exactly on the source — run approxql prepare again")
+                f"it was prepared, or the catalog no longer lists it); computed exactly on the source — run "
+                f"approxql prepare again")
         values = engine.exact_features(self.on_sources, params, cur)
         self.race.record(True, (time.perf_counter() - t0) * 1e3)   # a stale copy costs both statements
         return values, note

@@ -88,7 +88,7 @@ class CompiledQuery:
     min_support: dict[int, int] = field(default_factory=dict)  # term -> sampled rows its interval needs
     group_support: Mapping[tuple, Mapping[int, tuple[int, float]]] = field(default_factory=dict)  # per group: term -> (need, rows)
     group_params: tuple[str, ...] = ()   # the request parameters that name its group, in key order
-    sample_params: tuple[str, ...] = ()  # request parameters the sampling SQL reads
+    sample_params: tuple[str, ...] = ()  # request parameters the sampling SQL reads (by key)
     groups: tuple = ()                   # moment features estimated together, with their columns
     exact_many: Compiled | None = None       # ``exact`` for a relation of requests (batches)
     exact_only_many: Compiled | None = None  # ``exact_only`` for a relation of requests
@@ -194,7 +194,8 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
         # one group per request and no quantile (its values are taken in key order): read by position
         positions = (group_positions(cur, prepared.copy, groups)
                      if groups and pinned_params(query, groups) and not any(t.is_quantile for t in plan.terms) else None)
-        plain = positions is not None and where_is_group(query, groups, _types(con, list(groups), plan, table))
+        plain = positions is not None and where_is_group(query, groups, _types(con, list(groups), plan, table),
+                                                         lambda t: _type_name(cur, t))
         source: SampleSource = (PreparedSource(prepared, positions=positions is not None, where_is_group=plain)
                                 if prepared else SystemSource(plan.table))
         support = tail_support(cur, plan, table, centers, groups=groups)
@@ -226,15 +227,15 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
 
 
 def _dry_run(con, c: CompiledQuery) -> str | None:
-    """Run the sampling statement once on an empty range with NULL parameters: it binds every
-    name now, instead of failing on every request."""
+    """Run each form of the sampling statement once with NULL parameters on a range that reads
+    nothing (or next to nothing): it binds every name now, instead of failing on every request."""
     terms = [t for t, term in enumerate(c.plan.terms) if term.is_quantile]
-    # tiny reads of one range and of two (wrapping round 1: seed 1 starts at 0.618), by key and by position
-    u = offset_of(1)
-    stmts = [(c.source.increment_sql(c.plan, c.layout, lo, lo + 2e-9, terms, 1, seed=1), False)
-             for lo in (0.0, 1.0 - u - 1e-9)]
+    # one range, and on a copy two (wrapping round 1: seed 1 starts at 0.618); by position on
+    # row ids no table has, so that no row's values can fail the check
+    los = (0.0, 1.0 - offset_of(1) - 1e-9) if isinstance(c.source, PreparedSource) else (0.0,)
+    stmts = [(c.source.increment_sql(c.plan, c.layout, lo, lo + 2e-9, terms, 1, seed=1), False) for lo in los]
     if c.positions:
-        stmts += [(c.source.increment_sql(c.plan, c.layout, 0.0, hi, terms, 1, seed=1, group=(0, 4)), True)
+        stmts += [(c.source.increment_sql(c.plan, c.layout, 0.0, hi, terms, 1, seed=1, group=(-8, 4)), True)
                   for hi in (0.25, 0.75)]
     try:
         with con.cursor() as cur:
@@ -314,8 +315,14 @@ class QuerySampler:
             res = cur.execute(stmt.sql, {**bound, **stmt.extra_params})
             return res.fetchnumpy() if rows else res.fetchall()[0]
 
-        try:   # the first read of a prepared copy checks it is current, on a second core while it reads
-            if self.fraction == 0.0 and isinstance(self.c.source, PreparedSource):
+        source = self.c.source
+        # the first read of a prepared copy checks it is current, on a second core while it reads;
+        # a read by position with no WHERE checks every time (a copy prepared again since the
+        # first read would hand it another group's rows)
+        check = isinstance(source, PreparedSource) and (
+            self.fraction == 0.0 or (self.group is not None and source.where_is_group))
+        try:
+            if check:
                 got, current = read_while_checking(self.engine, self.c.source.current_sql(), read)
             else:
                 got, current = read(), True
@@ -392,7 +399,8 @@ class QuerySampler:
                     f"which reads its groups by row id); computed exactly — run approxql prepare again if the "
                     f"source changed, then load the pipeline again")
         return (f"the prepared copy of {self.c.source.prepared.source} is stale (the source's row count "
-                f"changed since it was prepared); computed exactly — run approxql prepare again")
+                f"changed since it was prepared, or the catalog no longer lists it); computed exactly — run "
+                f"approxql prepare again")
 
     def fall_back(self, why: str, *, compute: bool = True) -> None:
         """Give way to exact; ``compute=False`` when the caller computes it (batched with others)."""
@@ -572,6 +580,11 @@ def _types(con, args: list[str], plan: AggregatePlan, table: str) -> dict[str, s
     except duckdb.Error:
         return {}
     return {a: str(row[1]) for a, row in zip(args, rows)}
+
+
+def _type_name(cur, declared: exp.DataType) -> str:
+    """DuckDB's name of a declared type (``INT`` is ``INTEGER``, ``DECIMAL`` is ``DECIMAL(18,3)``)."""
+    return str(cur.execute(f"DESCRIBE SELECT CAST(NULL AS {declared.sql('duckdb')})").fetchall()[0][1])
 
 
 def _centers(cur, plan: AggregatePlan, table: str) -> dict[str, float]:

@@ -11,7 +11,7 @@ would trust exactly the samples that are wrong.
 from __future__ import annotations
 
 import math
-from typing import Mapping, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import duckdb
 import numpy as np
@@ -118,25 +118,33 @@ def pinned_params(query: FeatureQuery, groups: Sequence[str]) -> tuple[str, ...]
     return tuple(found[n] for n in names) if groups and all(n in found for n in names) else ()
 
 
-def where_is_group(query: FeatureQuery, groups: Sequence[str], types: Mapping[str, str]) -> bool:
+def where_is_group(query: FeatureQuery, groups: Sequence[str], types: Mapping[str, str],
+                   canonical: Callable[[exp.DataType], str]) -> bool:
     """Whether the query's WHERE is nothing but one ``col = $param`` per column of ``groups``
     (quoted names; ``types``: their DuckDB types), so the rows of the group a request looks up
-    are exactly the rows it matches. Not on floating columns, where Python's equality and
-    DuckDB's part ways (-0.0, NaN)."""
+    are exactly the rows it matches. The parameter's declared type (``canonical`` names it as
+    DuckDB does) must be the column's: a narrower DECIMAL rounds in DuckDB's CAST, not in the
+    lookup. Not on floating columns, where Python's equality and DuckDB's part ways (-0.0, NaN)."""
     where = query.select.args.get("where")
     terms = conjuncts(where.this if where is not None else None)
-    names = [g.strip('"').lower() for g in groups]
+    names = {g.strip('"').lower(): g for g in groups}
     pinned = set()
     for term in terms:
         side = column_side(term.this, term.expression) if isinstance(term, exp.EQ) else None
         if side is None:
             return False
-        column, value = side[0].lower(), side[1].this if isinstance(side[1], exp.Cast) else side[1]
+        column, value = side[0].lower(), side[1]
+        declared = value.to if isinstance(value, exp.Cast) else None
+        value = value.this if isinstance(value, exp.Cast) else value
         if not isinstance(value, exp.Placeholder) or column not in names or column in pinned:
             return False
+        kind = types.get(names[column])
+        if kind is None or any(t in kind.upper() for t in ("FLOAT", "DOUBLE", "REAL")):
+            return False
+        if declared is None or canonical(declared) != kind:
+            return False
         pinned.add(column)
-    return (bool(names) and len(pinned) == len(names)
-            and not any(t in types.get(g, "FLOAT").upper() for g in groups for t in ("FLOAT", "DOUBLE", "REAL")))
+    return bool(names) and len(pinned) == len(names)
 
 
 def _power_sums(cur, variables: list[tuple[str, str]], tops: list[int], table: str, alias: str | None,
