@@ -404,6 +404,31 @@ def test_currency_check_counts_the_source_against_the_catalog(tmp_path):
     assert current(by_key) is False
 
 
+@pytest.mark.parametrize("where", ["k = $k", "k = $k AND x >= $lim", "x >= $lim"])
+def test_a_dropped_catalog_sends_reads_to_exact(tmp_path, where):
+    """The currency check reads the catalog: with the catalog gone, a pipeline loaded before
+    computes exactly and says so, rather than failing every request (a read by position with no
+    WHERE, one with a WHERE, a read by key)."""
+    con = duckdb.connect(str(tmp_path / "nocat.duckdb"))
+    con.execute("CREATE TABLE t AS SELECT (i % 2)::INTEGER AS k, i * 1.0 AS x FROM range(20000) r(i)")
+    prepare(con, "t", by=["k"])
+    q = query("AVG(x) AS a", where=where)
+    compiled = compile_query(DuckDBEngine(con), con, q, strategy="prepared")
+    con.execute(f"DROP TABLE {CATALOG}")
+    import pyarrow as pa
+    from approxql.sampling.batch import BATCH_MIN, advance_many
+    one = QuerySampler(compiled, DuckDBEngine(con), {"k": 1, "lim": 0.0}, seed=1)
+    many = [QuerySampler(compiled, DuckDBEngine(con), {"k": 1, "lim": 0.0}, seed=s) for s in range(BATCH_MIN)]
+    with con.cursor() as cur:
+        one.advance(cur, 0.05, matching=1.0)
+        advance_many(DuckDBEngine(con), cur, [(s, 0.05) for s in many], {"k": pa.int32(), "lim": pa.float64()})
+    exact = exact_row(con, q, {"k": 1, "lim": 0.0})["a"]
+    for sampler in [one, *many]:
+        r = sampler.result()
+        assert r.exact and "no longer lists" in r.reasons["a"]
+        assert r.values["a"] == pytest.approx(exact)
+
+
 def test_a_pinned_group_is_read_by_position(db):
     """A query that pins every ``by`` column reads row-id ranges of its group's run on the copy:
     each fraction is a whole number of the group's rows and increments add up, so a COUNT of the

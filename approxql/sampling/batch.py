@@ -56,7 +56,7 @@ def _prepared_many(engine, cur, c: CompiledQuery, items, types) -> list[QuerySam
         for s, values in zip(firsts, exact_many(engine, c.exact_only, c.exact_only_many, [s.params for s in firsts],
                                                    types)):
             s.exact_values = values
-    if firsts and not _execute(cur, f"SELECT {c.source.current_sql()}", c)[0][0]:
+    if firsts and not _current(cur, c):
         for s in firsts:
             s.fall_back(s.stale_note(), compute=False)
         items = [(s, p) for s, p in items if not s.fell_back]
@@ -96,6 +96,16 @@ def exact_many(engine: Engine, one: Compiled, many: Compiled, params: Sequence[M
     table = pa.table({n: pa.array([p[n] for p in params], types[n]) for n in many.params}
                      or {"__aq_none": pa.nulls(len(params), pa.int8())})
     return engine.exact_features_many(many, table).to_pylist()
+
+
+def _current(cur, c: CompiledQuery) -> bool:
+    """Whether the copy is current (as ``currency.check_current`` says: no catalog, not current)."""
+    try:
+        return bool(cur.execute(f"SELECT {c.source.current_sql()}").fetchall()[0][0])
+    except duckdb.CatalogException:
+        return False
+    except duckdb.Error as e:
+        raise QueryError(f"sampling query {c.query.name} (batched) failed: {_first_line(e)}") from e
 
 
 def _execute(cur, sql: str, c: CompiledQuery) -> list[tuple]:

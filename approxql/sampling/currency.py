@@ -13,6 +13,8 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable, TypeVar
 
+import duckdb
+
 from ..engines.base import Engine
 
 T = TypeVar("T")
@@ -40,7 +42,10 @@ def check_current(engine: Engine, condition: str) -> Future:
     def run() -> bool:
         with engine.cursor() as cur:
             starting.set()
-            return bool(cur.execute(f"SELECT {condition}").fetchall()[0][0])
+            try:
+                return bool(cur.execute(f"SELECT {condition}").fetchall()[0][0])
+            except duckdb.CatalogException:   # the catalog (or the source) is gone: the copy is not current
+                return False
 
     with _pool_lock:
         if _pool is None:

@@ -395,8 +395,8 @@ class QuerySampler:
     def stale_note(self) -> str:
         if self.c.positions:
             return (f"the prepared copy of {self.c.source.prepared.source} is stale (the source's row count "
-                    f"changed since it was prepared, or it was prepared again after this pipeline was loaded, "
-                    f"which reads its groups by row id); computed exactly — run approxql prepare again if the "
+                    f"changed since it was prepared, the catalog no longer lists it, or it was prepared again "
+                    f"after this pipeline was loaded, which reads its groups by row id); computed exactly — run approxql prepare again if the "
                     f"source changed, then load the pipeline again")
         return (f"the prepared copy of {self.c.source.prepared.source} is stale (the source's row count "
                 f"changed since it was prepared, or the catalog no longer lists it); computed exactly — run "
