@@ -7,6 +7,7 @@ import re
 import duckdb
 import sqlglot
 import numpy as np
+import pyarrow as pa
 import pytest
 
 import approxql
@@ -14,6 +15,7 @@ from approxql import OptionError
 from approxql.engines import DuckDBEngine
 from approxql.pipeline_file import parse_pipeline
 from approxql.sampling import QuerySampler, compile_query, prepare
+from approxql.sampling.batch import BATCH_MIN, advance_many
 from approxql.sampling.catalog import CATALOG, KEY
 
 HEADER = "-- name: t\n-- model: m.onnx\n-- task: regression\n-- params: k INTEGER, lim DOUBLE\n-- inputs: {first}\n"
@@ -415,8 +417,6 @@ def test_a_dropped_catalog_sends_reads_to_exact(tmp_path, where):
     q = query("AVG(x) AS a", where=where)
     compiled = compile_query(DuckDBEngine(con), con, q, strategy="prepared")
     con.execute(f"DROP TABLE {CATALOG}")
-    import pyarrow as pa
-    from approxql.sampling.batch import BATCH_MIN, advance_many
     one = QuerySampler(compiled, DuckDBEngine(con), {"k": 1, "lim": 0.0}, seed=1)
     many = [QuerySampler(compiled, DuckDBEngine(con), {"k": 1, "lim": 0.0}, seed=s) for s in range(BATCH_MIN)]
     with con.cursor() as cur:
@@ -523,6 +523,18 @@ def test_a_read_by_position_without_where_checks_the_copy_every_time(tmp_path):
     r = sampler.result()
     assert r.exact and "prepared again" in r.reasons["a"]
     assert r.values["a"] == pytest.approx(exact_row(con, query("COUNT(*) AS n, AVG(x) AS a"), {"k": 1})["a"])
+    # and so does a batch, on its later rounds too
+    compiled = compile_query(engine, con, query("COUNT(*) AS n, AVG(x) AS a"), strategy="prepared")
+    many = [QuerySampler(compiled, engine, {"k": 1, "lim": 0.0}, seed=s) for s in range(BATCH_MIN)]
+    types = {"k": pa.int32(), "lim": pa.float64()}
+    with con.cursor() as cur:
+        advance_many(engine, cur, [(s, 0.01) for s in many], types)
+        assert not any(s.result().exact for s in many)
+        prepare(con, "t", by=["k"], seed=11)
+        advance_many(engine, cur, [(s, 0.05) for s in many], types)
+    for s in many:
+        assert s.result().exact and "prepared again" in s.result().reasons["a"]
+        assert s.result().values["a"] == pytest.approx(r.values["a"])
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -548,8 +560,6 @@ def test_only_a_read_that_wraps_round_reads_two_ranges(db, seed):
 def test_a_batched_read_by_position_reads_each_row_once(tmp_path):
     """A read that wraps round a small group touches one 2,048-row bucket from both of its
     ranges: the batched statement must still read each row once, as one request's does."""
-    import pyarrow as pa
-    from approxql.sampling.batch import BATCH_MIN, advance_many
     con = duckdb.connect(str(tmp_path / "small.duckdb"))
     con.execute("CREATE TABLE t AS SELECT (i % 40)::INTEGER AS k, i * 0.37 % 11 AS x FROM range(60000) r(i)")
     prepare(con, "t", by=["k"])

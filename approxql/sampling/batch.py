@@ -22,6 +22,7 @@ from ..engines.base import Compiled, Engine
 from ..engines.duckdb import _first_line
 from ..errors import QueryError
 from .base import batch_column
+from .currency import is_current
 from .prepared import PreparedSource, offset_of, ranges_of
 from .sampler import CompiledQuery, QuerySampler
 
@@ -56,8 +57,9 @@ def _prepared_many(engine, cur, c: CompiledQuery, items, types) -> list[QuerySam
         for s, values in zip(firsts, exact_many(engine, c.exact_only, c.exact_only_many, [s.params for s in firsts],
                                                    types)):
             s.exact_values = values
-    if firsts and not _current(cur, c):
-        for s in firsts:
+    checking = [s for s, _ in items if s.needs_check()]
+    if checking and not _current(cur, c):
+        for s in checking:
             s.fall_back(s.stale_note(), compute=False)
         items = [(s, p) for s, p in items if not s.fell_back]
     groups: dict[tuple, list] = {}
@@ -84,7 +86,7 @@ def _prepared_many(engine, cur, c: CompiledQuery, items, types) -> list[QuerySam
         empty = (0,) + (None,) * (width - 1 + 2 * len(growing))   # no sampled row matched: what SQL gives
         for i, (s, inc) in enumerate(members):
             s.absorb(inc, rows.get(i, empty), clustered=False)
-    return [s for s in firsts if s.fell_back]
+    return [s for s in checking if s.fell_back]
 
 
 def exact_many(engine: Engine, one: Compiled, many: Compiled, params: Sequence[Mapping],
@@ -99,11 +101,8 @@ def exact_many(engine: Engine, one: Compiled, many: Compiled, params: Sequence[M
 
 
 def _current(cur, c: CompiledQuery) -> bool:
-    """Whether the copy is current (as ``currency.check_current`` says: no catalog, not current)."""
     try:
-        return bool(cur.execute(f"SELECT {c.source.current_sql()}").fetchall()[0][0])
-    except duckdb.CatalogException:
-        return False
+        return is_current(cur, c.source.current_sql())
     except duckdb.Error as e:
         raise QueryError(f"sampling query {c.query.name} (batched) failed: {_first_line(e)}") from e
 

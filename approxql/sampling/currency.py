@@ -32,6 +32,15 @@ def _forget_pool() -> None:
 os.register_at_fork(after_in_child=_forget_pool)
 
 
+def is_current(cur, condition: str) -> bool:
+    """``SELECT condition`` on ``cur``: whether the copies are current. A catalog (or source)
+    that is gone makes them not current; any other error is raised."""
+    try:
+        return bool(cur.execute(f"SELECT {condition}").fetchall()[0][0])
+    except duckdb.CatalogException:
+        return False
+
+
 def check_current(engine: Engine, condition: str) -> Future:
     """A future of ``SELECT condition`` (true while the copies are current), run on a worker's own
     cursor; returns once that statement is starting. The caller must wait for it on every path
@@ -42,10 +51,7 @@ def check_current(engine: Engine, condition: str) -> Future:
     def run() -> bool:
         with engine.cursor() as cur:
             starting.set()
-            try:
-                return bool(cur.execute(f"SELECT {condition}").fetchall()[0][0])
-            except duckdb.CatalogException:   # the catalog (or the source) is gone: the copy is not current
-                return False
+            return is_current(cur, condition)
 
     with _pool_lock:
         if _pool is None:

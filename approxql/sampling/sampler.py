@@ -209,9 +209,8 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
         sub.set("expressions", [e for e, name in zip(sub.expressions, query.features) if name in keep])
         only = _with_select(query, sub, tuple(n for n in query.features if n in keep))
         exact_only, exact_only_many = engine.compile_exact([only]), engine.compile_exact([only], batch=True)
-    term_params = _params_in([*[t.arg for t in plan.terms], *[t.filter for t in plan.terms]], query.params)
-    sample_params = _params_in([plan.where, *[t.arg for t in plan.terms], *[t.filter for t in plan.terms]],
-                               query.params)
+    term_nodes = [*[t.arg for t in plan.terms], *[t.filter for t in plan.terms]]
+    term_params, sample_params = _params_in(term_nodes, query.params), _params_in([plan.where, *term_nodes], query.params)
     moment_features = [(i, f.terms) for i, f in enumerate(plan.features)
                        if f.approximable and not any(plan.terms[t].is_quantile for t in f.terms)]
     compiled = CompiledQuery(query, plan, layout, source, exact, exact_only, min_support=support.need,
@@ -315,14 +314,8 @@ class QuerySampler:
             res = cur.execute(stmt.sql, {**bound, **stmt.extra_params})
             return res.fetchnumpy() if rows else res.fetchall()[0]
 
-        source = self.c.source
-        # the first read of a prepared copy checks it is current, on a second core while it reads;
-        # a read by position with no WHERE checks every time (a copy prepared again since the
-        # first read would hand it another group's rows)
-        check = isinstance(source, PreparedSource) and (
-            self.fraction == 0.0 or (self.group is not None and source.where_is_group))
-        try:
-            if check:
+        try:   # on a second core while it reads
+            if self.needs_check():
                 got, current = read_while_checking(self.engine, self.c.source.current_sql(), read)
             else:
                 got, current = read(), True
@@ -335,6 +328,14 @@ class QuerySampler:
             self._take(inc, moments, matching_seen=moments.n)
         else:
             self.absorb(inc, got, clustered=stmt.clustered)
+
+    def needs_check(self) -> bool:
+        """Whether the next read must check that the copy is current: a prepared copy's first
+        read, and every read by position with no WHERE (a copy prepared again since the first
+        read would hand it another group's rows)."""
+        source = self.c.source
+        return isinstance(source, PreparedSource) and (
+            self.fraction == 0.0 or (self.group is not None and source.where_is_group))
 
     def increment(self, p: float) -> "Increment":
         """What the next read covers: keys [lo, p) (nested) or a fresh sample at p, and which
@@ -396,8 +397,8 @@ class QuerySampler:
         if self.c.positions:
             return (f"the prepared copy of {self.c.source.prepared.source} is stale (the source's row count "
                     f"changed since it was prepared, the catalog no longer lists it, or it was prepared again "
-                    f"after this pipeline was loaded, which reads its groups by row id); computed exactly — run approxql prepare again if the "
-                    f"source changed, then load the pipeline again")
+                    f"after this pipeline was loaded, which reads its groups by row id); computed exactly — "
+                    f"run approxql prepare again if the source changed, then load the pipeline again")
         return (f"the prepared copy of {self.c.source.prepared.source} is stale (the source's row count "
                 f"changed since it was prepared, or the catalog no longer lists it); computed exactly — run "
                 f"approxql prepare again")
