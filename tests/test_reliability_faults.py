@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 import selectors
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import approxql
 from approxql import ModelError, QueryError
+from approxql.sampling import catalog
 from approxql.sampling.catalog import CATALOG, KEY, lookup
 from approxql.training import export_onnx
 
@@ -114,10 +116,11 @@ def checksum(con, table: str, *, with_rowid: bool = False, key: bool = False) ->
 def db_state(con) -> dict:
     """Everything prepare may touch: the tables, the source, the catalog, the copy."""
     tables = sorted(r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall())
-    state = {"tables": tables, "source": checksum(con, "t", with_rowid=True)}
+    views = sorted(r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall())
+    state = {"tables": tables, "views": views, "source": checksum(con, "t", with_rowid=True)}
     if CATALOG in tables:
         state["catalog"] = con.execute(f"SELECT * FROM {CATALOG} ORDER BY source").fetchall()
-    if COPY in tables:
+    if COPY in tables or COPY in views:   # one table, or a view over slices
         state["copy"] = checksum(con, COPY, key=True)
     return state
 
@@ -222,6 +225,9 @@ CHILD_STEP = textwrap.dedent("""
         def __init__(self, con): self.con = con
         def cursor(self): return Cursor(self.con.cursor())
 
+    if os.environ.get("SLICE_ROWS"):   # write the copy as slices
+        import approxql.sampling.catalog
+        approxql.sampling.catalog.SLICE_ROWS = int(os.environ["SLICE_ROWS"])
     approxql.prepare(Connection(duckdb.connect(path)), "t", by=["k"], seed=7)
     print("DONE", flush=True)
 """)
@@ -261,6 +267,30 @@ def test_prepare_killed_at_each_step_leaves_the_previous_state(tmp_path):
         folder = tmp_path / f"pipe_{previous}"
         folder.mkdir()
         check_pipeline_after_interruption(folder, db, previous, 20_000)
+
+
+def test_a_sliced_prepare_killed_at_each_step_leaves_the_previous_state(tmp_path, monkeypatch):
+    """The same for a copy written as slice tables under a view, over a previous sliced copy:
+    killed as the old view is dropped, as a slice is written, as the new view is created."""
+    monkeypatch.setattr(catalog, "SLICE_ROWS", 5000)
+    children = []
+    for n, marker in enumerate(("DROP VIEW", "LIMIT", "CREATE VIEW")):
+        db = tmp_path / f"sliced{n}.duckdb"
+        before = make_table(db, 20_000, previous=True)
+        assert len(before["tables"]) > 3 and before["views"] == [COPY]   # t, catalog and slices; the view
+        proc = subprocess.Popen([sys.executable, "-c", CHILD_STEP, str(db), marker], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, "SLICE_ROWS": "5000"})
+        children.append((marker, db, before, proc))
+    for marker, db, before, proc in children:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == -signal.SIGKILL and "KILLED" in out, f"{marker}: {out} {err[-2000:]}"
+        con = duckdb.connect(str(db))
+        try:
+            assert db_state(con) == before, f"killed at '{marker}'"
+            approxql.prepare(con, "t", by=["k"], seed=2)   # the next prepare completes
+            assert is_complete_prepare(con) and lookup(con.cursor(), "t").slices > 1
+        finally:
+            con.close()
 
 
 CHILD_REAL = textwrap.dedent("""

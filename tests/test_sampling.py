@@ -437,7 +437,7 @@ def test_a_pinned_group_is_read_by_position(db):
     q = query("COUNT(*) AS n, AVG(x) AS a")
     compiled = compile_query(DuckDBEngine(db), db, q, strategy="prepared")
     first, rows = db.execute("SELECT min(rowid), count(*) FROM t__approxql_sample WHERE k = 1").fetchall()[0]
-    assert compiled.positions_for({"k": 1}) == (first, rows) and compiled.positions_for({"k": 99}) is None
+    assert compiled.positions_for({"k": 1}) == (first, rows, 0) and compiled.positions_for({"k": 99}) is None
     sampler = QuerySampler(compiled, DuckDBEngine(db), {"k": 1, "lim": 0.0}, seed=3)
     with db.cursor() as cur:
         for p in (0.01, 0.013, 0.05):
@@ -545,9 +545,9 @@ def test_only_a_read_that_wraps_round_reads_two_ranges(db, seed):
     prepare(db, "t", by=["k"])
     engine = DuckDBEngine(db)
     compiled = compile_query(engine, db, query("COUNT(*) AS n"), strategy="prepared")
-    start, rows = compiled.positions_for({"k": 2})
+    start, rows, _ = compiled.positions_for({"k": 2})
     u, p = offset_of(seed), 0.4
-    stmt = compiled.source.rows_sql(compiled.plan, compiled.layout, 0.0, p, seed=seed, group=(start, rows))
+    stmt = compiled.source.rows_sql(compiled.plan, compiled.layout, 0.0, p, seed=seed, group=(start, rows, 0))
     assert ("__r2" in stmt.extra_params) == (int(u * rows) + round(p * rows) > rows)
     stmt = compiled.source.rows_sql(compiled.plan, compiled.layout, 0.0, p, seed=seed)
     assert ("__a2" in stmt.extra_params) == (u + p > 1.0)
@@ -608,7 +608,7 @@ def test_a_copy_prepared_again_after_load_is_not_read_by_position(tmp_path):
     prepare(con, "t", by=["k"])
     q = query("AVG(x) AS a")
     compiled = compile_query(DuckDBEngine(con), con, q)
-    assert compiled.positions_for({"k": 1}) == (50000, 50000)
+    assert compiled.positions_for({"k": 1}) == (50000, 50000, 0)
     con.execute("INSERT INTO t SELECT 0, 1e9 FROM range(1000)")   # k = 0 grows: k = 1's run moves
     prepare(con, "t", by=["k"])
     sampler = QuerySampler(compiled, DuckDBEngine(con), {"k": 1, "lim": 0.0}, seed=3)
@@ -618,7 +618,7 @@ def test_a_copy_prepared_again_after_load_is_not_read_by_position(tmp_path):
     assert r.exact and "prepared again after this pipeline was loaded" in r.reasons["a"], r.reasons
     assert r.values["a"] == pytest.approx(exact_row(con, q, {"k": 1})["a"])
     fresh = compile_query(DuckDBEngine(con), con, q)             # loaded again: read by position
-    assert fresh.positions_for({"k": 1}) == (51000, 50000)
+    assert fresh.positions_for({"k": 1}) == (51000, 50000, 0)
     sampler = QuerySampler(fresh, DuckDBEngine(con), {"k": 1, "lim": 0.0}, seed=3)
     with con.cursor() as cur:
         sampler.advance(cur, 0.05)

@@ -63,11 +63,12 @@ def _prepared_many(engine, cur, c: CompiledQuery, items, types) -> list[QuerySam
             s.fall_back(s.stale_note(), compute=False)
         items = [(s, p) for s, p in items if not s.fell_back]
     groups: dict[tuple, list] = {}
-    for s, p in items:   # one statement per set of growing quantile terms, and per way of reading
+    for s, p in items:   # one statement per set of growing quantile terms, and per slice read by position
         inc = s.increment(p)
-        groups.setdefault((inc.growing, s.group is not None), []).append((s, inc))
+        groups.setdefault((inc.growing, None if s.group is None else s.group[2]), []).append((s, inc))
     width = c.layout.result_width(clustered=False)
-    for (growing, by_position), members in groups.items():
+    for (growing, slice), members in groups.items():
+        by_position = slice is not None
         columns: dict[str, pa.Array] = {"__aq_id": pa.array(range(len(members)), pa.int64())}
         for name in c.sample_params:
             columns[batch_column(name)] = pa.array([s.params[name] for s, _ in members], types[name])
@@ -77,7 +78,7 @@ def _prepared_many(engine, cur, c: CompiledQuery, items, types) -> list[QuerySam
         if growing:
             columns[batch_column("__u")] = pa.array([offset_of(s.seed) for s, _ in members], pa.float64())
             columns[batch_column("__cap")] = pa.array([inc.cap for _, inc in members], pa.int64())
-        sql = c.source.batch_sql(c.plan, c.layout, list(growing), RELATION, by_position=by_position)
+        sql = c.source.batch_sql(c.plan, c.layout, list(growing), RELATION, slice=slice)
         cur.register(RELATION, pa.table(columns))
         try:
             rows = {r[0]: r[1:] for r in _execute(cur, sql, c)}

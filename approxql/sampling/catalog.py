@@ -7,6 +7,13 @@ may also be an expression of the columns, such as a time bucket ``date_trunc('ho
 time window inside an entity is a run of buckets, which zone maps on the time column find. The source is
 never modified. Copy and catalog entry are written in one transaction: an interrupted prepare
 leaves the previous state (or nothing), never a half-written copy that pipelines would use.
+
+A copy of more than ``SLICE_ROWS`` rows is written as slice tables of at most about that many
+rows, cut where the first ``by`` entry changes, and the copy is a view over them. DuckDB reads a
+row-id range of a table at a cost that grows with the table: 2,000 rows of nine sensors took 1.44
+ms on a 2.4e8-row copy and 0.80-0.87 ms on a slice of 4.8e6-6.7e7 rows holding them, wherever the
+range lay. Reads by position go to their group's slice; everything else reads the view (each
+slice is a branch of its UNION ALL, about 0.16 ms each on a read that finds nothing).
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import duckdb
+import numpy as np
 import sqlglot
 from sqlglot import exp
 
@@ -24,6 +32,7 @@ from .base import quote
 
 CATALOG = "approxql_catalog"
 KEY = "__approxql_rnd"
+SLICE_ROWS = 1 << 26   # a larger copy is written as slices of at most about this many rows
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,19 @@ class PreparedTable:
     seed: int
     source_rows: int
     prepared_at: dt.datetime
+    slices: int = 0   # 0: the copy is one table; else a view over this many slice tables
+
+    def table(self, slice: int) -> str:
+        """The table holding slice ``slice`` of the copy (the copy itself when it is one table)."""
+        return slice_name(self.copy, slice) if self.slices else self.copy
+
+
+def slice_name(copy: str, i: int) -> str:
+    return f"{slice_prefix(copy)}{i}"
+
+
+def slice_prefix(copy: str) -> str:
+    return f"{copy}__slice_"
 
 
 def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, seed: int = 0) -> PreparedTable:
@@ -64,8 +86,18 @@ def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, se
             cur.execute(f"DROP TABLE IF EXISTS {quote(building)}")
             cur.execute(f"CREATE TABLE {quote(building)} AS SELECT *, {key} AS {KEY} FROM {quote(table)} ORDER BY {order}")
             rows = cur.execute(f"SELECT count(*) FROM {quote(building)}").fetchall()[0][0]
-            cur.execute(f"DROP TABLE IF EXISTS {quote(copy)}")
-            cur.execute(f"ALTER TABLE {quote(building)} RENAME TO {quote(copy)}")
+            _drop_copy(cur, copy)
+            cuts = _slice_cuts(cur, building, items[0], rows) if items and rows > SLICE_ROWS else []
+            if cuts:
+                bounds = [0, *cuts, rows]
+                for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+                    cur.execute(f"CREATE TABLE {quote(slice_name(copy, i))} AS SELECT * FROM {quote(building)} "
+                                f"LIMIT {b - a} OFFSET {a}")   # in the copy's order: insertion order is kept
+                cur.execute(f"DROP TABLE {quote(building)}")
+                cur.execute(f"CREATE VIEW {quote(copy)} AS " + " UNION ALL ".join(
+                    f"SELECT * FROM {quote(slice_name(copy, i))}" for i in range(len(bounds) - 1)))
+            else:
+                cur.execute(f"ALTER TABLE {quote(building)} RENAME TO {quote(copy)}")
             cur.execute(f"DELETE FROM {CATALOG} WHERE source = ?", [table])
             now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
             cur.execute(f"INSERT INTO {CATALOG} VALUES (?, ?, ?, ?, ?, ?)", [table, copy, list(by), seed, rows, now])
@@ -77,7 +109,36 @@ def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, se
                 raise QueryError(f"prepare {table!r} failed and changed nothing (the previous prepared copy, "
                                  f"if any, is still in use): {first}") from e
             raise
-    return PreparedTable(table, copy, tuple(by), seed, rows, now)
+    return PreparedTable(table, copy, tuple(by), seed, rows, now, slices=len(cuts) + 1 if cuts else 0)
+
+
+def _slice_cuts(cur, building: str, first_item: str, rows: int) -> list[int]:
+    """Positions where slices start (after the first): each slice takes whole runs of the first
+    ``by`` entry, as many as fit in ``SLICE_ROWS`` (a larger run is a slice alone), so any group
+    a request pins lies in one slice. (Positions, not row ids: inside the transaction the new
+    table's row ids are not yet 0, 1, 2, ...)"""
+    runs = cur.execute(f"SELECT count(*) AS n FROM {quote(building)} GROUP BY {first_item} ORDER BY {first_item}"
+                       ).fetchnumpy()["n"].astype(np.int64)
+    starts = np.cumsum(runs) - runs   # the copy is sorted by the first entry first: runs in this order
+    cuts, at = [], 0
+    while rows - at > SLICE_ROWS:
+        fits = starts[(starts > at) & (starts <= at + SLICE_ROWS)]
+        later = starts[starts > at]
+        if not len(later):   # one run to the end
+            break
+        at = int(fits[-1] if len(fits) else later[0])
+        cuts.append(at)
+    return cuts
+
+
+def _drop_copy(cur, copy: str) -> None:
+    """Drop the copy: a table, or a view and its slices."""
+    if cur.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [copy]).fetchall()[0][0]:
+        cur.execute(f"DROP VIEW {quote(copy)}")
+    cur.execute(f"DROP TABLE IF EXISTS {quote(copy)}")
+    for (name,) in cur.execute("SELECT table_name FROM duckdb_tables() WHERE starts_with(table_name, ?)",
+                               [slice_prefix(copy)]).fetchall():
+        cur.execute(f"DROP TABLE {quote(name)}")
 
 
 VALUE_NODES = (exp.Func, exp.Binary, exp.Unary, exp.Column, exp.Identifier, exp.Literal, exp.Cast, exp.Paren,
@@ -143,9 +204,13 @@ def lookup(cur: duckdb.DuckDBPyConnection, table: str) -> PreparedTable | None:
     if not rows:
         return None
     source, copy, by, seed, n, at = rows[0]
-    if not cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [copy]).fetchall()[0][0]:
+    if cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [copy]).fetchall()[0][0]:
+        return PreparedTable(source, copy, tuple(by), seed, n, at)
+    if not cur.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [copy]).fetchall()[0][0]:
         return None
-    return PreparedTable(source, copy, tuple(by), seed, n, at)
+    slices = cur.execute("SELECT count(*) FROM duckdb_tables() WHERE starts_with(table_name, ?)",
+                         [slice_prefix(copy)]).fetchall()[0][0]
+    return PreparedTable(source, copy, tuple(by), seed, n, at, slices=slices)
 
 
 def _ensure_catalog(cur) -> None:

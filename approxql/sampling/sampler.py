@@ -93,7 +93,7 @@ class CompiledQuery:
     exact_many: Compiled | None = None       # ``exact`` for a relation of requests (batches)
     exact_only_many: Compiled | None = None  # ``exact_only`` for a relation of requests
     exact_plan: ExactPlan | None = None      # ``exact`` on the prepared copy where its order finds the rows
-    positions: Mapping[tuple, tuple[int, int]] | None = None  # per group: (first row id, rows) on the copy
+    positions: Mapping[tuple, tuple[int, int, int]] | None = None  # per group: (first row id, rows, slice)
     position_params: tuple[str, ...] = ()  # request parameters a read by position reads (no WHERE: fewer)
 
     @property
@@ -118,8 +118,8 @@ class CompiledQuery:
         """The request parameters a read binds."""
         return self.position_params if by_position else self.sample_params
 
-    def positions_for(self, params: Mapping[str, Any]) -> tuple[int, int] | None:
-        """(first row id, rows) of this request's group on the copy, to read it by position; None
+    def positions_for(self, params: Mapping[str, Any]) -> tuple[int, int, int] | None:
+        """(first row id, rows, slice) of this request's group on the copy, to read it by position; None
         reads by key (no index, or a group the copy did not have when the pipeline was loaded)."""
         return self._lookup(self.positions, params)
 
@@ -192,7 +192,7 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
         centers = _centers(cur, plan, table)
         groups = pinned_groups(query, prepared)
         # one group per request and no quantile (its values are taken in key order): read by position
-        positions = (group_positions(cur, prepared.copy, groups)
+        positions = (group_positions(cur, prepared, groups)
                      if groups and pinned_params(query, groups) and not any(t.is_quantile for t in plan.terms) else None)
         plain = positions is not None and where_is_group(query, groups, _types(con, list(groups), plan, table),
                                                          lambda t: _type_name(cur, t))
@@ -234,7 +234,7 @@ def _dry_run(con, c: CompiledQuery) -> str | None:
     los = (0.0, 1.0 - offset_of(1) - 1e-9) if isinstance(c.source, PreparedSource) else (0.0,)
     stmts = [(c.source.increment_sql(c.plan, c.layout, lo, lo + 2e-9, terms, 1, seed=1), False) for lo in los]
     if c.positions:
-        stmts += [(c.source.increment_sql(c.plan, c.layout, 0.0, hi, terms, 1, seed=1, group=(-8, 4)), True)
+        stmts += [(c.source.increment_sql(c.plan, c.layout, 0.0, hi, terms, 1, seed=1, group=(-8, 4, 0)), True)
                   for hi in (0.25, 0.75)]
     try:
         with con.cursor() as cur:
@@ -263,7 +263,7 @@ class QuerySampler:
         self._result = None
         self._value_terms = [t for t, term in enumerate(compiled.plan.terms) if term.is_quantile]
         self.min_support = compiled.support_for(self.params)
-        self.group = compiled.positions_for(self.params)   # (first row id, rows): read by position
+        self.group = compiled.positions_for(self.params)   # (first row id, rows, slice): read by position
 
     def reachable(self, p: float) -> float:
         """The fraction a read towards ``p`` reaches: by position, a whole number of the group's

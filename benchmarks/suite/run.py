@@ -142,7 +142,7 @@ def _databases(bp: BenchPipeline, data_dir: Path, scale: float, seed: int):
         approxql.prepare(con, bp.table, by=list(bp.by))
     if not fast_path.exists():
         tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE table_name NOT LIKE "
-                                            "'%__approxql_sample' AND table_name NOT IN ('approxql_catalog', "
+                                            "'%__approxql_sample%' AND table_name NOT IN ('approxql_catalog', "
                                             "'__bench_done')").fetchall()]
         con.close()
         build = duckdb.connect(str(fast_path))

@@ -1,0 +1,112 @@
+"""A copy larger than SLICE_ROWS is written as slice tables under a view: reads by position go to
+their group's slice, everything else reads the view, and every read sees the very rows (and so
+the very estimates) it would on a copy that is one table."""
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from approxql.engines import DuckDBEngine
+from approxql.sampling import QuerySampler, compile_query, prepare
+from approxql.sampling import catalog
+from approxql.sampling.batch import BATCH_MIN, advance_many
+from approxql.sampling.catalog import lookup, slice_prefix
+from approxql.pipeline_file import parse_pipeline
+from test_sampling import exact_row
+
+HEADER = "-- name: t\n-- model: m.onnx\n-- task: regression\n-- params: k INTEGER, b INTEGER, lim DOUBLE\n-- inputs: a\n"
+
+SIZES = [1200, 800, 7000, 500, 2600, 900, 1500, 400, 3100, 1000]   # rows of k = 0..9 (k = 2 alone exceeds a slice)
+
+
+def query(select: str, where: str):
+    return parse_pipeline(HEADER + f"SELECT {select} FROM t WHERE {where};").queries[0]
+
+
+def database(path) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(str(path))
+    con.execute(f"""CREATE TABLE t AS SELECT k::INTEGER AS k, (hash(i) % 3)::INTEGER AS b,
+                           exp(2 * ((hash(i * 7 + 1) % 1000000) / 1000000.0)) AS x
+                    FROM (SELECT unnest({SIZES}) AS n, unnest(range({len(SIZES)})) AS k), range(n) r(i)""")
+    return con
+
+
+@pytest.fixture
+def pair(tmp_path, monkeypatch):
+    """The same table prepared as one copy and as slices of at most 3,000 rows (same seed)."""
+    whole = database(tmp_path / "whole.duckdb")
+    prepare(whole, "t", by=["k", "b"], seed=5)
+    monkeypatch.setattr(catalog, "SLICE_ROWS", 3000)
+    sliced = database(tmp_path / "sliced.duckdb")
+    prepare(sliced, "t", by=["k", "b"], seed=5)
+    return whole, sliced
+
+
+def test_a_large_copy_is_slices_of_whole_runs_under_a_view(pair):
+    whole, sliced = pair
+    p = lookup(sliced.cursor(), "t")
+    assert lookup(whole.cursor(), "t").slices == 0 and p.slices >= 2
+    assert sliced.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [p.copy]).fetchall()[0][0] == 1
+    ks = [sorted({r[0] for r in sliced.execute(f"SELECT DISTINCT k FROM {p.table(i)}").fetchall()}) for i in range(p.slices)]
+    rows = [sliced.execute(f"SELECT count(*) FROM {p.table(i)}").fetchall()[0][0] for i in range(p.slices)]
+    assert [k for part in ks for k in part] == list(range(len(SIZES)))      # in order, each k in one slice
+    assert all(n <= 3000 or len(part) == 1 for n, part in zip(rows, ks))    # full, unless one run is larger
+    assert all(n + SIZES[ks[i + 1][0]] > 3000 for i, n in enumerate(rows[:-1]))   # and as full as runs allow
+    # the view holds exactly the rows of the one-table copy, keys included
+    a = whole.execute(f"SELECT * FROM {p.copy} ORDER BY k, b, {catalog.KEY}").fetchnumpy()
+    b = sliced.execute(f"SELECT * FROM {p.copy} ORDER BY k, b, {catalog.KEY}").fetchnumpy()
+    assert all(np.array_equal(a[c], b[c]) for c in a)
+
+
+def test_reads_on_slices_match_reads_on_one_table(pair):
+    """By position (one request and a batch), by key, and exactly: the same rows, so the same
+    sampled counts and estimates."""
+    whole, sliced = pair
+    by_group, by_key = query("AVG(x) AS a, COUNT(*) AS n", where="k = $k AND b = $b"), query("AVG(x) AS a", where="x >= $lim")
+    results = []
+    for con in (whole, sliced):
+        engine = DuckDBEngine(con)
+        group = compile_query(engine, con, by_group, strategy="prepared")
+        key = compile_query(engine, con, by_key, strategy="prepared")
+        assert group.positions_for({"k": 8, "b": 1}) is not None
+        got = []
+        with con.cursor() as cur:
+            for k in range(len(SIZES)):
+                s = QuerySampler(group, engine, {"k": k, "b": k % 3, "lim": 0.0}, seed=k)
+                s.advance(cur, 0.05, matching=1.0)       # as rows
+                s.advance(cur, 0.2)                      # summed by DuckDB
+                got.append((s.moments.n, s.result().values["a"], s.result().exact))
+            many = [QuerySampler(group, engine, {"k": s % len(SIZES), "b": s % 3, "lim": 0.0}, seed=s) for s in range(BATCH_MIN)]
+            advance_many(engine, cur, [(s, 0.1) for s in many], {"k": pa.int32(), "b": pa.int32(), "lim": pa.float64()})
+            got += [(s.moments.n, s.result().values["a"], s.result().exact) for s in many]
+            s = QuerySampler(key, engine, {"k": 0, "b": 0, "lim": 2.0}, seed=3)
+            s.advance(cur, 0.1)
+            got.append((s.moments.n, s.result().values["a"], s.result().exact))
+            s = QuerySampler(group, engine, {"k": 2, "b": 2, "lim": 0.0}, seed=3)
+            s.advance(cur, 1.0)
+            got.append((s.moments.n if s.moments else None, s.result().values["a"], s.result().exact))
+        results.append(got)
+    assert results[0] == results[1]
+    assert not any(exact for _, _, exact in results[1][:-1]) and results[1][-1][2]
+    assert results[1][-1][1] == pytest.approx(exact_row(sliced, by_group, {"k": 2, "b": 2})["a"])
+    assert {g[2] for g in compile_query(DuckDBEngine(sliced), sliced, by_group).positions.values()} == \
+        set(range(lookup(sliced.cursor(), "t").slices))   # every slice is read by position
+
+
+def test_prepare_again_moves_between_one_table_and_slices(pair, monkeypatch):
+    _, con = pair
+    p = lookup(con.cursor(), "t")
+
+    def slice_tables():
+        return con.execute("SELECT count(*) FROM duckdb_tables() WHERE starts_with(table_name, ?)",
+                           [slice_prefix(p.copy)]).fetchall()[0][0]
+
+    monkeypatch.setattr(catalog, "SLICE_ROWS", 10**9)
+    assert prepare(con, "t", by=["k"]).slices == 0
+    assert slice_tables() == 0 and lookup(con.cursor(), "t").slices == 0
+    monkeypatch.setattr(catalog, "SLICE_ROWS", 5000)
+    assert prepare(con, "t", by=["k"]).slices == slice_tables() == lookup(con.cursor(), "t").slices >= 2
+    assert con.execute(f"SELECT count(*) FROM {p.copy}").fetchall()[0][0] == sum(SIZES)
+    assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [p.copy]).fetchall()[0][0] == 0
