@@ -110,3 +110,37 @@ def test_prepare_again_moves_between_one_table_and_slices(pair, monkeypatch):
     assert prepare(con, "t", by=["k"]).slices == slice_tables() == lookup(con.cursor(), "t").slices >= 2
     assert con.execute(f"SELECT count(*) FROM {p.copy}").fetchall()[0][0] == sum(SIZES)
     assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [p.copy]).fetchall()[0][0] == 0
+
+
+def test_a_sliced_copy_prepared_again_after_load_is_noticed_by_the_read(pair):
+    """Slice tables are named for their prepare, and a read by position checks only the source's
+    count: a later prepare drops the slices a loaded pipeline indexed, its reads (one request and
+    a batch) find them gone and compute exactly with a note. A source that grew is stale as ever."""
+    _, con = pair
+    engine = DuckDBEngine(con)
+    q = query("AVG(x) AS a, COUNT(*) AS n", where="k = $k AND b = $b")
+    compiled = compile_query(engine, con, q, strategy="prepared")
+    assert compiled.positions_for({"k": 8, "b": 1})[2] > 0
+    old = lookup(con.cursor(), "t")
+    prepare(con, "t", by=["k", "b"], seed=6)
+    assert not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [old.table(0)]).fetchall()[0][0]
+    params = {"k": 8, "b": 1, "lim": 0.0}
+    one = QuerySampler(compiled, engine, params, seed=1)
+    many = [QuerySampler(compiled, engine, params, seed=s) for s in range(BATCH_MIN)]
+    with con.cursor() as cur:
+        one.advance(cur, 0.1, matching=1.0)
+        advance_many(engine, cur, [(s, 0.1) for s in many], {"k": pa.int32(), "b": pa.int32(), "lim": pa.float64()})
+    exact = exact_row(con, q, params)
+    for s in [one, *many]:
+        r = s.result()
+        assert r.exact and "prepared again" in r.reasons["a"] and r.values["a"] == pytest.approx(exact["a"])
+    fresh = compile_query(engine, con, q, strategy="prepared")   # loaded again: reads the new slices
+    s = QuerySampler(fresh, engine, params, seed=1)
+    with con.cursor() as cur:
+        s.advance(cur, 0.1, matching=1.0)
+    assert not s.result().exact and s.moments.n == round(0.1 * exact["n"])
+    con.execute("INSERT INTO t VALUES (8, 1, 1e9)")                # the source grows: stale
+    s = QuerySampler(fresh, engine, params, seed=1)
+    with con.cursor() as cur:
+        s.advance(cur, 0.1, matching=1.0)
+    assert s.result().exact and s.result().values["n"] == exact["n"] + 1

@@ -57,11 +57,11 @@ def _prepared_many(engine, cur, c: CompiledQuery, items, types) -> list[QuerySam
         for s, values in zip(firsts, exact_many(engine, c.exact_only, c.exact_only_many, [s.params for s in firsts],
                                                    types)):
             s.exact_values = values
+    stale: list[QuerySampler] = []
     checking = [s for s, _ in items if s.needs_check()]
     if checking and not _current(cur, c):
-        for s in checking:
-            s.fall_back(s.stale_note(), compute=False)
-        items = [(s, p) for s, p in items if not s.fell_back]
+        stale += checking
+        items = [(s, p) for s, p in items if s not in checking]
     groups: dict[tuple, list] = {}
     for s, p in items:   # one statement per set of growing quantile terms, and per slice read by position
         inc = s.increment(p)
@@ -81,13 +81,18 @@ def _prepared_many(engine, cur, c: CompiledQuery, items, types) -> list[QuerySam
         sql = c.source.batch_sql(c.plan, c.layout, list(growing), RELATION, slice=slice)
         cur.register(RELATION, pa.table(columns))
         try:
-            rows = {r[0]: r[1:] for r in _execute(cur, sql, c)}
+            rows = {r[0]: r[1:] for r in _execute(cur, sql, c, slice_gone=members[0][0].reads_slice())}
+        except _SliceGone:   # the copy was prepared again since the pipeline was loaded
+            stale += [s for s, _ in members]
+            continue
         finally:
             cur.unregister(RELATION)
         empty = (0,) + (None,) * (width - 1 + 2 * len(growing))   # no sampled row matched: what SQL gives
         for i, (s, inc) in enumerate(members):
             s.absorb(inc, rows.get(i, empty), clustered=False)
-    return [s for s in checking if s.fell_back]
+    for s in stale:
+        s.fall_back(s.stale_note(), compute=False)
+    return stale
 
 
 def exact_many(engine: Engine, one: Compiled, many: Compiled, params: Sequence[Mapping],
@@ -108,8 +113,17 @@ def _current(cur, c: CompiledQuery) -> bool:
         raise QueryError(f"sampling query {c.query.name} (batched) failed: {_first_line(e)}") from e
 
 
-def _execute(cur, sql: str, c: CompiledQuery) -> list[tuple]:
+class _SliceGone(Exception):
+    """A slice table a read by position names is gone: a later prepare dropped it."""
+
+
+def _execute(cur, sql: str, c: CompiledQuery, *, slice_gone: bool = False) -> list[tuple]:
+    """The statement's rows; ``slice_gone``: a missing table means the slice read is gone."""
     try:
         return cur.execute(sql).fetchall()
+    except duckdb.CatalogException as e:
+        if slice_gone:
+            raise _SliceGone() from e
+        raise QueryError(f"sampling query {c.query.name} (batched) failed: {_first_line(e)}") from e
     except duckdb.Error as e:
         raise QueryError(f"sampling query {c.query.name} (batched) failed: {_first_line(e)}") from e

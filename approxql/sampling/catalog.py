@@ -47,14 +47,22 @@ class PreparedTable:
 
     def table(self, slice: int) -> str:
         """The table holding slice ``slice`` of the copy (the copy itself when it is one table)."""
-        return slice_name(self.copy, slice) if self.slices else self.copy
+        return slice_name(self.copy, self.prepared_at, slice) if self.slices else self.copy
 
 
-def slice_name(copy: str, i: int) -> str:
-    return f"{slice_prefix(copy)}{i}"
+def slice_name(copy: str, prepared_at: dt.datetime, i: int) -> str:
+    """Slice tables are named for their prepare: a pipeline loaded before a later prepare finds
+    its slices gone, so a read by position cannot land on another copy's rows unnoticed."""
+    return f"{slices_of(copy, prepared_at)}{i}"
+
+
+def slices_of(copy: str, prepared_at: dt.datetime) -> str:
+    """The name prefix of one prepare's slice tables."""
+    return f"{slice_prefix(copy)}{prepared_at:%Y%m%d%H%M%S%f}_"
 
 
 def slice_prefix(copy: str) -> str:
+    """The name prefix of every prepare's slice tables."""
     return f"{copy}__slice_"
 
 
@@ -88,18 +96,18 @@ def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, se
             rows = cur.execute(f"SELECT count(*) FROM {quote(building)}").fetchall()[0][0]
             _drop_copy(cur, copy)
             cuts = _slice_cuts(cur, building, items[0], rows) if items and rows > SLICE_ROWS else []
+            now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
             if cuts:
                 bounds = [0, *cuts, rows]
                 for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
-                    cur.execute(f"CREATE TABLE {quote(slice_name(copy, i))} AS SELECT * FROM {quote(building)} "
+                    cur.execute(f"CREATE TABLE {quote(slice_name(copy, now, i))} AS SELECT * FROM {quote(building)} "
                                 f"LIMIT {b - a} OFFSET {a}")   # in the copy's order: insertion order is kept
                 cur.execute(f"DROP TABLE {quote(building)}")
                 cur.execute(f"CREATE VIEW {quote(copy)} AS " + " UNION ALL ".join(
-                    f"SELECT * FROM {quote(slice_name(copy, i))}" for i in range(len(bounds) - 1)))
+                    f"SELECT * FROM {quote(slice_name(copy, now, i))}" for i in range(len(bounds) - 1)))
             else:
                 cur.execute(f"ALTER TABLE {quote(building)} RENAME TO {quote(copy)}")
             cur.execute(f"DELETE FROM {CATALOG} WHERE source = ?", [table])
-            now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
             cur.execute(f"INSERT INTO {CATALOG} VALUES (?, ?, ?, ?, ?, ?)", [table, copy, list(by), seed, rows, now])
             cur.execute("COMMIT")
         except BaseException as e:
@@ -209,7 +217,7 @@ def lookup(cur: duckdb.DuckDBPyConnection, table: str) -> PreparedTable | None:
     if not cur.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [copy]).fetchall()[0][0]:
         return None
     slices = cur.execute("SELECT count(*) FROM duckdb_tables() WHERE starts_with(table_name, ?)",
-                         [slice_prefix(copy)]).fetchall()[0][0]
+                         [slices_of(copy, at)]).fetchall()[0][0]
     return PreparedTable(source, copy, tuple(by), seed, n, at, slices=slices)
 
 

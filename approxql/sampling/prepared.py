@@ -83,7 +83,12 @@ class PreparedSource(SampleSource):
         check). The count is the catalog's, written in the copy's own transaction, so a later
         prepare updates both at once; counting the copy too cost 0.2-0.3 ms on 2.4e8 rows. Where
         requests read by position, also while the copy is the very one whose groups were indexed
-        at load, not a later prepare."""
+        at load, not a later prepare (on a sliced copy the read itself finds that out)."""
+        if self.positions and self.prepared.slices:
+            # a later prepare drops this copy's slice tables (named for their prepare), and a read
+            # by position then fails and computes exactly: the source's count is all that is
+            # checked (the catalog lookup cost x0.83 of a request at 1e6 rows, paired)
+            return f"(SELECT count(*) FROM {quote(self.prepared.source)}) = {self.prepared.source_rows}"
         which = f"source = {_literal(self.prepared.source)}"
         if self.positions:
             which += f" AND prepared_at = TIMESTAMP '{self.prepared.prepared_at.isoformat(sep=' ')}'"

@@ -319,6 +319,10 @@ class QuerySampler:
                 got, current = read_while_checking(self.engine, self.c.source.current_sql(), read)
             else:
                 got, current = read(), True
+        except duckdb.CatalogException as e:
+            if not self.reads_slice():
+                raise QueryError(f"sampling query {self.c.query.name} failed: {_first_line(e)}") from e
+            got, current = None, False   # its slice is gone: the copy was prepared again
         except duckdb.Error as e:
             raise QueryError(f"sampling query {self.c.query.name} failed: {_first_line(e)}") from e
         if not current:
@@ -328,6 +332,10 @@ class QuerySampler:
             self._take(inc, moments, matching_seen=moments.n)
         else:
             self.absorb(inc, got, clustered=stmt.clustered)
+
+    def reads_slice(self) -> bool:
+        """Whether reads go to a slice table of the copy (by position), which a later prepare drops."""
+        return self.group is not None and self.c.source.prepared.slices > 0
 
     def needs_check(self) -> bool:
         """Whether the next read must check that the copy is current: a prepared copy's first
