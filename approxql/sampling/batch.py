@@ -81,12 +81,13 @@ def _prepared_many(engine, cur, c: CompiledQuery, items, types) -> list[QuerySam
         sql = c.source.batch_sql(c.plan, c.layout, list(growing), RELATION, slice=slice)
         cur.register(RELATION, pa.table(columns))
         try:
-            rows = {r[0]: r[1:] for r in _execute(cur, sql, c, slice_gone=members[0][0].reads_slice())}
-        except _SliceGone:   # the copy was prepared again since the pipeline was loaded
-            stale += [s for s, _ in members]
-            continue
+            got = _execute(cur, sql, c, slice_gone=members[0][0].reads_slice())
         finally:
             cur.unregister(RELATION)
+        if got is None:   # the copy was prepared again since the pipeline was loaded
+            stale += [s for s, _ in members]
+            continue
+        rows = {r[0]: r[1:] for r in got}
         empty = (0,) + (None,) * (width - 1 + 2 * len(growing))   # no sampled row matched: what SQL gives
         for i, (s, inc) in enumerate(members):
             s.absorb(inc, rows.get(i, empty), clustered=False)
@@ -113,17 +114,11 @@ def _current(cur, c: CompiledQuery) -> bool:
         raise QueryError(f"sampling query {c.query.name} (batched) failed: {_first_line(e)}") from e
 
 
-class _SliceGone(Exception):
-    """A slice table a read by position names is gone: a later prepare dropped it."""
-
-
-def _execute(cur, sql: str, c: CompiledQuery, *, slice_gone: bool = False) -> list[tuple]:
-    """The statement's rows; ``slice_gone``: a missing table means the slice read is gone."""
+def _execute(cur, sql: str, c: CompiledQuery, *, slice_gone: bool = False) -> list[tuple] | None:
+    """The statement's rows; None where it reads a slice (``slice_gone``) that a later prepare dropped."""
     try:
         return cur.execute(sql).fetchall()
-    except duckdb.CatalogException as e:
-        if slice_gone:
-            raise _SliceGone() from e
-        raise QueryError(f"sampling query {c.query.name} (batched) failed: {_first_line(e)}") from e
     except duckdb.Error as e:
+        if slice_gone and isinstance(e, duckdb.CatalogException):
+            return None
         raise QueryError(f"sampling query {c.query.name} (batched) failed: {_first_line(e)}") from e

@@ -205,14 +205,14 @@ def group_positions(cur, prepared: PreparedTable, groups: tuple[str, ...]) -> di
     """Per group (its key values in ``groups`` order): (first row id, rows, slice) on the copy,
     or None unless every group is one run of row ids of one slice. ``prepare`` writes the copy in
     its sort order, so this holds unless insertion order was not preserved; then requests read by key."""
+    cols = [r[0].lower() for r in cur.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = ?",
+                                              [prepared.copy]).fetchall()]   # a view's too: its slices' columns
+    if "rowid" in cols:    # a column named rowid hides the row id
+        return None
     keys = [f"__aq_k{i}" for i in range(len(groups))]
     positions: dict[tuple, tuple[int, int, int]] = {}
     for i in range(max(prepared.slices, 1)):
         table = prepared.table(i)
-        cols = [r[0].lower() for r in cur.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = ?",
-                                                  [table]).fetchall()]
-        if "rowid" in cols:    # a column named rowid hides the row id
-            return None
         got = cur.sql(f"SELECT {', '.join(f'{g} AS {k}' for g, k in zip(groups, keys))}, min(rowid) AS __aq_first, "
                       f"max(rowid) AS __aq_last, count(*) AS __aq_rows FROM {quote(table)} GROUP BY ALL").to_arrow_table()
         first, last, rows = (got.column(c).to_pylist() for c in ("__aq_first", "__aq_last", "__aq_rows"))

@@ -319,12 +319,10 @@ class QuerySampler:
                 got, current = read_while_checking(self.engine, self.c.source.current_sql(), read)
             else:
                 got, current = read(), True
-        except duckdb.CatalogException as e:
-            if not self.reads_slice():
+        except duckdb.Error as e:
+            if not (isinstance(e, duckdb.CatalogException) and self.reads_slice()):
                 raise QueryError(f"sampling query {self.c.query.name} failed: {_first_line(e)}") from e
             got, current = None, False   # its slice is gone: the copy was prepared again
-        except duckdb.Error as e:
-            raise QueryError(f"sampling query {self.c.query.name} failed: {_first_line(e)}") from e
         if not current:
             self.fall_back(self.stale_note())
         elif rows:
