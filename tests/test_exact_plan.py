@@ -51,7 +51,7 @@ def test_exact_reads_the_copy_where_its_order_finds_the_rows(setup):
             assert served[name] == (pytest.approx(value, rel=1e-12) if value is not None else None), (b, name)
     plan = pipe._served
     sql = plan.on_copies.sql
-    assert sql.count("t__approxql_sample") == 1          # q1 (the currency check runs beside it)
+    assert sql.count("t__approxql_sample") == 1          # q1 (the currency check runs before it)
     assert 'count(*) from "t"' in plan.current.lower() and "source_rows" in plan.current   # against the catalog
     assert "FROM t WHERE day >=" in sql.replace('"', "")   # q2 pins no k: the copy's order would not help
     with con.cursor() as cur:
@@ -126,7 +126,7 @@ def test_the_faster_read_serves_once_both_were_timed():
 
 
 def test_a_near_tie_goes_to_the_source():
-    """The copy's read also runs its currency check on a second core: it serves only when clearly faster."""
+    """The copy's read also runs its currency check: it serves only when clearly faster."""
     from approxql.sampling.exact_plan import EDGE, RETRY, TRIALS, Race
     for copy_ms, copies in ((5.0 * (1 - EDGE / 2), False), (5.0 * (1 - 2 * EDGE), True)):
         race = Race()

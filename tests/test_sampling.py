@@ -734,33 +734,36 @@ def test_closed_form_jacobian_matches_finite_differences(db, strategy, monkeypat
     assert np.allclose(fast.cov, slow.cov, rtol=1e-5, atol=1e-12, equal_nan=True)
 
 
-def _check_in_child(path: str, out) -> None:
-    from approxql.sampling.catalog import lookup
-    from approxql.sampling.prepared import PreparedSource
-    from approxql.sampling.currency import check_current
-    con = duckdb.connect(path)
-    try:
-        out.put(check_current(DuckDBEngine(con), PreparedSource(lookup(con, "t")).current_sql()).result(timeout=20))
-    except Exception as e:   # a timeout: the child's pool had no thread
-        out.put(repr(e))
+class _Logged:
+    """A cursor that records each statement it runs."""
+
+    def __init__(self, cur, log):
+        self._cur, self._log = cur, log
+
+    def execute(self, sql, *args):
+        self._log.append(sql)
+        self._cur.execute(sql, *args)
+        return self
+
+    def __getattr__(self, name):
+        return getattr(self._cur, name)
 
 
-def test_the_currency_check_runs_in_a_forked_child(tmp_path):
-    """The check's worker pool must not be inherited by a fork (its threads are not): a child
-    that submitted to the parent's pool would wait forever."""
-    import multiprocessing
-    from approxql.sampling.catalog import lookup
-    from approxql.sampling.prepared import PreparedSource
-    from approxql.sampling.currency import check_current
-    path = str(tmp_path / "fork.duckdb")
-    con = duckdb.connect(path)
-    con.execute("CREATE TABLE t AS SELECT i % 3 AS k, i * 1.0 AS x FROM range(3000) r(i)")
+def test_the_currency_check_runs_first_on_the_requests_cursor_and_a_stale_copy_is_not_read(tmp_path):
+    """The check sees no later state than the read because it runs before it, on the same cursor;
+    when it fails, the copy is not read at all."""
+    con = duckdb.connect(str(tmp_path / "order.duckdb"))
+    con.execute("CREATE TABLE t AS SELECT (i % 2)::INTEGER AS k, i * 1.0 AS x FROM range(20000) r(i)")
     prepare(con, "t", by=["k"])
-    assert check_current(DuckDBEngine(con), PreparedSource(lookup(con, "t")).current_sql()).result(timeout=20) is True
-    con.close()
-    ctx = multiprocessing.get_context("fork")
-    out = ctx.Queue()
-    child = ctx.Process(target=_check_in_child, args=(path, out))
-    child.start()
-    child.join(60)
-    assert out.get(timeout=5) is True
+    compiled = compile_query(DuckDBEngine(con), con, query("AVG(x) AS a", where="k = $k"), strategy="prepared")
+    for stale in (False, True):
+        if stale:
+            con.execute("INSERT INTO t VALUES (1, 5.0)")
+        log: list[str] = []
+        sampler = QuerySampler(compiled, DuckDBEngine(con), {"k": 1}, seed=1)
+        with con.cursor() as cur:
+            sampler.advance(_Logged(cur, log), 0.05, matching=1.0)
+        assert log[0] == f"SELECT {compiled.source.current_sql()}"
+        reads = [sql for sql in log[1:] if "t__approxql_sample" in sql]
+        assert (reads == []) if stale else (len(reads) == 1), log
+        assert sampler.result().exact == stale

@@ -4,8 +4,8 @@ The copy holds the source's rows sorted by entity (then time bucket, then key). 
 the copy's first ``by`` column to one value, its rows are one run of the copy that zone maps find,
 while on the source they may be spread over the whole table: exact on the copy reads less (measured
 on the fraud pipeline's counts per IP: 2.0 ms against 5.9 on the source). It is the same rows, so
-the same result, as long as the copy is current; a worker checks that beside the statement (see
-``currency``) and, when the copy is stale, the source is read instead. "Current" means the same
+the same result, as long as the copy is current; a check just before the statement finds that out
+(see ``currency``) and, when the copy is stale, the source is read instead. "Current" means the same
 row count, as everywhere in approxql: an UPDATE, or a DELETE and INSERT that keep the count, is
 not seen (prepare again after one; README, "Approximate predictions").
 
@@ -32,14 +32,14 @@ from ..plan import FeatureQuery, QueryKind
 from ..sqlparts import equality_columns, on_table, single_table
 from .base import quote
 from .catalog import KEY, PreparedTable, lookup
-from .currency import read_while_checking
+from .currency import is_current
 from .prepared import PreparedSource
 
 TRIALS = 3       # runs of each read before the faster (by median) serves
 RETRY = 50       # the slower read is timed again once in this many runs
 MEMORY = 8       # recent run times kept per read
 EDGE = 0.05      # the copies serve only when this much faster than the sources: each copy read
-                 # also runs the currency check on a second core, and near a tie the race flapped
+                 # also runs the currency check, and near a tie the race flapped
                  # (trips: copies about half the runs, each with 0.13 ms more outside the statement)
 
 
@@ -83,15 +83,17 @@ class ExactPlan:
         """The features, and a note when a stale copy sent the statement to the sources."""
         if self.on_copies is None:
             return engine.exact_features(self.on_sources, params, cur), ""
+        if cur is None:
+            with engine.cursor() as own:
+                return self.run(engine, params, own)
         copies = self.race.on_copies()
         t0 = time.perf_counter()
         if not copies:
             values = engine.exact_features(self.on_sources, params, cur)
             self.race.record(False, (time.perf_counter() - t0) * 1e3)
             return values, ""
-        values, fresh = read_while_checking(engine, self.current,
-                                            lambda: engine.exact_features(self.on_copies, params, cur))
-        if fresh:
+        if is_current(cur, self.current):   # first: it sees no later state than the read
+            values = engine.exact_features(self.on_copies, params, cur)
             self.race.record(True, (time.perf_counter() - t0) * 1e3)
             return values, ""
         note = (f"the prepared copy of {', '.join(self.copies)} is stale (the source's row count changed since "

@@ -24,7 +24,7 @@ from ..estimators import (Moments, covariance_from_jacobian, feature_covariance,
 from ..plan import FeatureQuery
 from .base import SampleSource, quote
 from .catalog import lookup
-from .currency import read_while_checking
+from .currency import is_current
 from .layout import MomentLayout, term_gradient
 from .exact import ExactSource
 from .exact_plan import ExactPlan, exact_plan
@@ -314,11 +314,9 @@ class QuerySampler:
             res = cur.execute(stmt.sql, {**bound, **stmt.extra_params})
             return res.fetchnumpy() if rows else res.fetchall()[0]
 
-        try:   # on a second core while it reads
-            if self.needs_check():
-                got, current = read_while_checking(self.engine, self.c.source.current_sql(), read)
-            else:
-                got, current = read(), True
+        try:   # the check first, on the same cursor: it sees no later state than the read
+            current = not self.needs_check() or is_current(cur, self.c.source.current_sql())
+            got = read() if current else None
         except duckdb.Error as e:
             if not (isinstance(e, duckdb.CatalogException) and self.reads_slice()):
                 raise QueryError(f"sampling query {self.c.query.name} failed: {_first_line(e)}") from e
