@@ -449,23 +449,28 @@ def test_a_pinned_group_is_read_by_position(db):
     assert compile_query(DuckDBEngine(db), db, query("MEDIAN(x) AS m"), strategy="prepared").positions is None
 
 
-def test_a_read_by_position_filters_nothing_when_the_where_only_names_the_group(db):
-    """``k = $k`` and nothing else: the group's rows are exactly the rows the query matches, so
-    a read by position needs no WHERE (and binds no $k). Another condition, or a request whose
-    group is NULL (which matches no row), keeps it."""
-    from approxql.sampling.support import where_is_group
+def test_a_read_by_position_drops_the_pins_of_its_group(db):
+    """``k = $k``: the group's rows are exactly the rows the pin matches, so a read by position
+    filters only what else the WHERE says (nothing, and binds no $k, when that is all). A pin on
+    a floating column stays, and so does a second pin of the group's column to another parameter;
+    a request whose group is NULL (which matches no row) reads by key with the whole WHERE."""
+    from approxql.sampling.support import beyond_group
     prepare(db, "t", by=["k"])
     engine = DuckDBEngine(db)
     plain = compile_query(engine, db, query("COUNT(*) AS n, AVG(x) AS a"), strategy="prepared")
-    assert plain.source.where_is_group and plain.read_params(True) == () and plain.read_params(False) == ("k",)
+    assert plain.source.group_where == "" and plain.read_params(True) == () and plain.read_params(False) == ("k",)
     filtered = compile_query(engine, db, query("COUNT(*) AS n, AVG(x) AS a", where="k = $k AND x > $lim"),
                              strategy="prepared")
-    assert filtered.positions is not None and not filtered.source.where_is_group
+    assert filtered.positions is not None and filtered.read_params(True) == ("lim",)
+    assert "lim" in filtered.source.group_where and "k" not in filtered.source.group_where.replace("lim", "")
     def named(t):   # what the declared type of $k is called in DuckDB
         return {"INT": "INTEGER"}.get(t.sql("duckdb"))
-    assert not where_is_group(query(where="k = $k AND k = $lim"), ['"k"'], {'"k"': "INTEGER"}, named)
-    assert not where_is_group(query(), ['"k"'], {'"k"': "DOUBLE"}, named)   # -0.0, NaN: Python's = is not DuckDB's
-    assert where_is_group(query(), ['"k"'], {'"k"': "INTEGER"}, named)
+    twice = query(where="k = $k AND k = $lim")
+    kept = beyond_group(twice, ['"k"'], ("k",), {'"k"': "INTEGER"}, named)
+    assert [t.sql("duckdb") for t in kept] == ["k = CAST($lim AS DOUBLE)"]   # the lookup's pin goes, the other stays
+    assert beyond_group(twice, ['"k"'], ("lim",), {'"k"': "INTEGER"}, named) is None   # $lim: declared DOUBLE
+    assert beyond_group(query(), ['"k"'], ("k",), {'"k"': "DOUBLE"}, named) is None   # -0.0, NaN: Python's = is not DuckDB's
+    assert beyond_group(query(), ['"k"'], ("k",), {'"k"': "INTEGER"}, named) == []
     rows = plain.positions_for({"k": 2})[1]
     with db.cursor() as cur:
         read = []
@@ -481,6 +486,28 @@ def test_a_read_by_position_filters_nothing_when_the_where_only_names_the_group(
         assert nothing.result().values["n"] == 0
 
 
+def test_a_read_by_position_without_its_pins_reads_the_rows_the_whole_where_would(db):
+    """The pins dropped, the rest of the WHERE still filters: a read by position of group 2 with
+    ``x > $lim`` finds the very rows (count and sum) that its row-id range holds under the whole WHERE."""
+    from approxql.sampling.prepared import ranges_of
+    prepare(db, "t", by=["k"])
+    engine = DuckDBEngine(db)
+    q = query("COUNT(*) AS n, SUM(x) AS s", where="k = $k AND x > $lim")
+    compiled = compile_query(engine, db, q, strategy="prepared")
+    params = {"k": 2, "lim": 1.0}
+    group = compiled.positions_for(params)
+    sampler = QuerySampler(compiled, engine, params, seed=7)
+    with db.cursor() as cur:
+        sampler.advance(cur, 0.3, matching=1.0)
+        r = ranges_of(0.0, sampler.fraction, 7, group)
+        n, total = cur.execute(
+            f"SELECT count(*), sum(x) FROM {compiled.source.prepared.table(group[2])} WHERE k = 2 AND x > 1.0 "
+            "AND (rowid >= $r1 AND rowid < $s1 OR rowid >= $r2 AND rowid < $s2)",
+            {"r1": r["__r1"], "s1": r["__s1"], "r2": r["__r2"], "s2": r["__s2"]}).fetchall()[0]
+    assert 0 < n < group[1] and sampler.moments.n == n
+    assert sampler.result().values["s"] == pytest.approx(total / sampler.fraction, rel=1e-9)
+
+
 @pytest.mark.parametrize("declared, plain", [("DECIMAL(10,1)", False), ("DECIMAL(10,2)", True)])
 def test_a_pin_whose_cast_rounds_keeps_its_where(tmp_path, declared, plain):
     """A parameter declared narrower than its column: DuckDB compares the column with the rounded
@@ -494,7 +521,7 @@ def test_a_pin_whose_cast_rounds_keeps_its_where(tmp_path, declared, plain):
     q = parse_pipeline(text + "SELECT COUNT(*) AS n, AVG(x) AS a FROM t WHERE k = $k;").queries[0]
     engine = DuckDBEngine(con)
     compiled = compile_query(engine, con, q, strategy="prepared")
-    assert compiled.positions is not None and compiled.source.where_is_group is plain
+    assert compiled.positions is not None and (compiled.source.group_where == "") is plain
     params = {"k": __import__("decimal").Decimal("1.25"), "lim": 0.0}
     sampler = QuerySampler(compiled, engine, params, seed=2)
     with con.cursor() as cur:
@@ -514,7 +541,7 @@ def test_a_read_by_position_without_where_checks_the_copy_every_time(tmp_path):
     prepare(con, "t", by=["k"])
     engine = DuckDBEngine(con)
     compiled = compile_query(engine, con, query("COUNT(*) AS n, AVG(x) AS a"), strategy="prepared")
-    assert compiled.source.where_is_group
+    assert compiled.source.group_where == ""
     sampler = QuerySampler(compiled, engine, {"k": 1, "lim": 0.0}, seed=4)
     with con.cursor() as cur:
         sampler.advance(cur, 0.01, matching=1.0)

@@ -29,12 +29,12 @@ class PreparedSource(SampleSource):
     name = "prepared"
     nested = True
 
-    def __init__(self, prepared: PreparedTable, *, positions: bool = False, where_is_group: bool = False):
+    def __init__(self, prepared: PreparedTable, *, positions: bool = False, group_where: str | None = None):
         self.prepared = prepared
         self.positions = positions   # some requests read by row id: the copy must be the one indexed
-        # the WHERE only pins the group: a read by position needs no filter (two fewer columns
-        # to scan on turbofan: 1.03 against 1.18 ms for 1,900 rows)
-        self.where_is_group = where_is_group
+        # what a read by position filters, its group's pins dropped ("": nothing, two fewer columns
+        # to scan on turbofan: 1.03 against 1.18 ms for 1,900 rows); None: the whole WHERE
+        self.group_where = group_where
         self._sql: dict[tuple, str] = {}  # the text depends on which terms fetch values, how, and the ranges
         self._batch: dict[tuple, str] = {}
 
@@ -140,8 +140,10 @@ class PreparedSource(SampleSource):
             cond = value_condition(term)
             items.append(f"(list(({term.arg.sql('duckdb')})::DOUBLE ORDER BY {virtual}) FILTER (WHERE {cond}))[1:$__cap]")
             items.append(f"(list({virtual} ORDER BY {virtual}) FILTER (WHERE {cond}))[$__cap]")
-        plain = by_position and self.where_is_group   # the WHERE only names the group: its run is its rows
-        where = f"({plan.where.sql('duckdb')}) AND " if plan.where is not None and not plain else ""
+        if by_position and self.group_where is not None:   # the group's run is its rows: no pins
+            where = f"{self.group_where} AND " if self.group_where else ""
+        else:
+            where = f"({plan.where.sql('duckdb')}) AND " if plan.where is not None else ""
         if by_position:   # (no quantile terms here: their values are ordered by the key)
             rowid = f"{quote(plan.alias)}.rowid"
             return items, where + _ranges_sql(rowid, ("__r1", "__s1"), ("__r2", "__s2"), wraps)

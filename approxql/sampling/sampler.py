@@ -29,7 +29,7 @@ from .layout import MomentLayout, term_gradient
 from .exact import ExactSource
 from .exact_plan import ExactPlan, exact_plan
 from .prepared import PreparedSource, group_positions, offset_of
-from .support import CLUSTER_FACTOR, MIN_SUPPORT, pinned_groups, pinned_params, tail_support, where_is_group
+from .support import CLUSTER_FACTOR, MIN_SUPPORT, pinned_groups, pinned_params, tail_support, beyond_group
 from .system import SystemSource
 from .terms import AggregatePlan, analyze, term_index
 
@@ -194,9 +194,10 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
         # one group per request and no quantile (its values are taken in key order): read by position
         positions = (group_positions(cur, prepared, groups)
                      if groups and pinned_params(query, groups) and not any(t.is_quantile for t in plan.terms) else None)
-        plain = positions is not None and where_is_group(query, groups, _types(con, list(groups), plan, table),
-                                                         lambda t: _type_name(cur, t))
-        source: SampleSource = (PreparedSource(prepared, positions=positions is not None, where_is_group=plain)
+        rest = (beyond_group(query, groups, pinned_params(query, groups), _types(con, list(groups), plan, table),
+                             lambda t: _type_name(cur, t)) if positions is not None else None)
+        group_where = None if rest is None else " AND ".join(f"({t.sql('duckdb')})" for t in rest)
+        source: SampleSource = (PreparedSource(prepared, positions=positions is not None, group_where=group_where)
                                 if prepared else SystemSource(plan.table))
         support = tail_support(cur, plan, table, centers, groups=groups)
     layout = MomentLayout.build(plan, centers)
@@ -217,7 +218,7 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
                              group_support=support.by_group, group_params=pinned_params(query, groups),
                              sample_params=sample_params, groups=tuple(layout.feature_groups(moment_features)),
                              exact_many=exact_many, exact_only_many=exact_only_many, exact_plan=on_copy,
-                             positions=positions, position_params=term_params if plain else sample_params)
+                             positions=positions, position_params=sample_params if rest is None else _params_in([*rest, *term_nodes], query.params))
     why = _dry_run(con, compiled)
     if why:  # e.g. a view (no rowid to sample blocks by): sample nothing, rather than fail every request
         return CompiledQuery(query, plan, None, None, exact, None, note=f"sampling SQL cannot run here ({why})",
@@ -339,7 +340,8 @@ class QuerySampler:
         read would hand it another group's rows)."""
         source = self.c.source
         return isinstance(source, PreparedSource) and (
-            self.fraction == 0.0 or (self.group is not None and source.where_is_group))
+            self.fraction == 0.0 or (self.group is not None and source.group_where is not None
+                                     and not source.prepared.slices))
 
     def increment(self, p: float) -> "Increment":
         """What the next read covers: keys [lo, p) (nested) or a fresh sample at p, and which
