@@ -107,33 +107,40 @@ SELECT x AS d FROM t WHERE k = $k AND day = $day;
     assert not finds_rows(a, bucketed)
 
 
-def test_the_faster_read_serves_once_both_were_timed():
-    from approxql.sampling.exact_plan import RETRY, TRIALS, Race
+def test_the_faster_read_serves_once_both_were_timed_on_the_same_requests():
+    from approxql.sampling.exact_plan import BOTH, COPIES, RETRY, SOURCES, TRIALS, Race
     race = Race()
-    assert race.on_copies()              # the copy is timed first ...
-    for _ in range(TRIALS):
-        race.record(True, 6.4)
-    assert not race.on_copies()          # ... then the source
-    race = Race()
-    for _ in range(TRIALS):
-        race.record(True, 6.4)           # the copy with its currency check: slower here
-        race.record(False, 5.7)
-    picks = [race.on_copies() for _ in range(2 * RETRY)]
-    assert picks.count(True) == 2 and picks.count(False) == 2 * RETRY - 2   # the slower one is retried
+    for i in range(TRIALS):             # both reads of each of the first requests, in turn first
+        assert race.next() == BOTH and race.copies_first() == (i % 2 == 0)
+        race.record(6.4, 5.7)            # the copy with its currency check: slower here
+    picks = [race.next() for _ in range(2 * RETRY)]
+    assert picks.count(BOTH) == 2 and picks.count(SOURCES) == 2 * RETRY - 2 and COPIES not in picks
     for _ in range(8):
-        race.record(True, 1.0)           # the copy became faster: it takes over
-    assert sum(race.on_copies() for _ in range(RETRY)) == RETRY - 1
+        race.record(1.0, 5.7)            # the copy became faster: it takes over
+    picks = [race.next() for _ in range(RETRY)]
+    assert picks.count(COPIES) == RETRY - 1 and picks.count(BOTH) == 1
 
 
 def test_a_near_tie_goes_to_the_source():
     """The copy's read also runs its currency check: it serves only when clearly faster."""
-    from approxql.sampling.exact_plan import EDGE, RETRY, TRIALS, Race
-    for copy_ms, copies in ((5.0 * (1 - EDGE / 2), False), (5.0 * (1 - 2 * EDGE), True)):
+    from approxql.sampling.exact_plan import COPIES, EDGE, RETRY, SOURCES, TRIALS, Race
+    for ratio, pick in ((1 - EDGE / 2, SOURCES), (1 - 2 * EDGE, COPIES)):
         race = Race()
         for _ in range(TRIALS):
-            race.record(True, copy_ms)
-            race.record(False, 5.0)
-        assert sum(race.on_copies() for _ in range(RETRY)) == (RETRY - 1 if copies else 1)
+            race.next()
+            race.record(5.0 * ratio, 5.0)
+        assert [race.next() for _ in range(RETRY - TRIALS - 1)].count(pick) == RETRY - TRIALS - 1
+
+
+def test_the_race_decides_by_ratios_on_the_same_request_not_by_times_of_different_requests():
+    """Requests whose reads take 1 to 9 ms: the copy is 10 % faster on each, and that decides,
+    whatever sizes the requests that were timed happened to have."""
+    from approxql.sampling.exact_plan import COPIES, TRIALS, Race
+    race = Race()
+    for size in [9.0, 1.0, 9.0, 1.0, 9.0, 1.0][:TRIALS]:
+        race.next()
+        race.record(0.9 * size, size)
+    assert race.next() == COPIES
 
 
 def test_served_exact_equals_exact_whichever_read_serves(setup):
@@ -145,8 +152,8 @@ def test_served_exact_equals_exact_whichever_read_serves(setup):
             assert note == ""
             for name, value in pipe.exact_raw(b).items():
                 assert served[name] == (pytest.approx(value, rel=1e-12) if value is not None else None)
-    times = pipe._served.race._times
-    assert len(times[True]) >= 3 and len(times[False]) >= 3
+    from approxql.sampling.exact_plan import TRIALS
+    assert len(pipe._served.race._ratios) >= TRIALS
 
 
 def test_a_whole_row_reference_sees_the_source_row_on_the_copy(tmp_path, write_pipeline):
