@@ -94,7 +94,7 @@ class CompiledQuery:
     exact_only_many: Compiled | None = None  # ``exact_only`` for a relation of requests
     exact_plan: ExactPlan | None = None      # ``exact`` on the prepared copy where its order finds the rows
     positions: Mapping[tuple, tuple[int, int, int]] | None = None  # per group: (first row id, rows, slice)
-    position_params: tuple[str, ...] = ()  # request parameters a read by position reads (no WHERE: fewer)
+    position_params: tuple[str, ...] = ()  # request parameters a read by position reads (no group pins: fewer)
 
     @property
     def sampled(self) -> bool:
@@ -336,8 +336,9 @@ class QuerySampler:
 
     def needs_check(self) -> bool:
         """Whether the next read must check that the copy is current: a prepared copy's first
-        read, and every read by position with no WHERE (a copy prepared again since the first
-        read would hand it another group's rows)."""
+        read, and every read by position without its group's pins (a copy prepared again since
+        the first read would hand it another group's rows), unless it reads a slice (a later
+        prepare drops the slice, and the read fails over to exact)."""
         source = self.c.source
         return isinstance(source, PreparedSource) and (
             self.fraction == 0.0 or (self.group is not None and source.group_where is not None
