@@ -90,10 +90,10 @@ class Pipeline:
         """Every feature of a bound request, exactly, in one statement (NULL stays None)."""
         return self.engine.exact_features(self._exact, bound, cur)
 
-    def served_exact_raw(self, bound: Mapping[str, Any], cur=None) -> tuple[dict[str, Any], str]:
+    def served_exact_raw(self, bound: Mapping[str, Any], cur=None) -> tuple[dict[str, Any], str, float]:
         """``exact_raw`` as approxql serves it when it decides to compute exactly: on prepared
-        copies where their order finds the rows (see ``sampling.exact_plan``); and a note when a
-        stale copy sent it to the sources."""
+        copies where their order finds the rows (see ``sampling.exact_plan``); a note when a
+        stale copy sent it to the sources; and the ms of a read that only timed which is faster."""
         if self._served is None:
             from .sampling.exact_plan import ExactPlan, exact_plan
             con = getattr(self.engine, "con", None)

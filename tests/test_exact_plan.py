@@ -45,7 +45,7 @@ def test_exact_reads_the_copy_where_its_order_finds_the_rows(setup):
     con, pipe = setup
     bound = [bind_request(list(pipe.params), r) for r in REQUESTS]
     for b in bound:
-        served, note = pipe.served_exact_raw(b)
+        served, note, _ = pipe.served_exact_raw(b)
         assert note == "" and served.keys() == pipe.exact_raw(b).keys()
         for name, value in pipe.exact_raw(b).items():
             assert served[name] == (pytest.approx(value, rel=1e-12) if value is not None else None), (b, name)
@@ -75,7 +75,7 @@ def test_a_stale_copy_sends_exact_to_the_source(setup):
     con.execute("INSERT INTO t VALUES (3, TIMESTAMP '2023-12-31', 1e7)")   # after prepare: the copy misses it
     r = {"k": 3, "day": "2024-02-01", "price": 2.0}
     b = bind_request(list(pipe.params), r)
-    served, note = pipe.served_exact_raw(b)
+    served, note, _ = pipe.served_exact_raw(b)
     assert "stale" in note and "approxql prepare again" in note
     assert served["avg_amount"] == pytest.approx(pipe.exact_raw(b)["avg_amount"]) and served["avg_amount"] > 1000
     pred = pipe.predict(r, initial_fraction=1.0, learn=False)          # every query exact at once
@@ -148,7 +148,7 @@ def test_served_exact_equals_exact_whichever_read_serves(setup):
     bound = [bind_request(list(pipe.params), r) for r in REQUESTS]
     for _ in range(3):
         for b in bound:                  # enough runs for both reads to be timed and chosen
-            served, note = pipe.served_exact_raw(b)
+            served, note, _ = pipe.served_exact_raw(b)
             assert note == ""
             for name, value in pipe.exact_raw(b).items():
                 assert served[name] == (pytest.approx(value, rel=1e-12) if value is not None else None)
@@ -168,7 +168,18 @@ def test_a_whole_row_reference_sees_the_source_row_on_the_copy(tmp_path, write_p
     b = bind_request(list(pipe.params), {"k": 1, "day": "2024-01-01", "price": 1.0})
     assert pipe.exact_raw(b)["d"] == 2
     for _ in range(8):                   # both reads, whichever the race picks
-        served, note = pipe.served_exact_raw(b)
+        served, note, _ = pipe.served_exact_raw(b)
         assert served["d"] == 2 and served["n"] == 20 and note == ""
     assert "__approxql_sample" in pipe._served.on_copies.sql
     con.close()
+
+
+def test_only_the_race_trials_report_a_read_that_timed_the_race(setup):
+    """The first requests read both ways, and say how long the read that only timed the race took,
+    so whole-request learning can leave it out; once decided, a request reads one way and says 0."""
+    from approxql.sampling.exact_plan import RETRY, TRIALS
+    con, pipe = setup
+    b = bind_request(list(pipe.params), REQUESTS[1])
+    timed = [pipe.served_exact_raw(b)[2] for _ in range(TRIALS + 5)]
+    assert all(ms > 0 for ms in timed[:TRIALS]) and timed[TRIALS:] == [0.0] * 5
+    assert len(pipe._served.race._ratios) == TRIALS < RETRY

@@ -761,6 +761,38 @@ def test_closed_form_jacobian_matches_finite_differences(db, strategy, monkeypat
     assert np.allclose(fast.cov, slow.cov, rtol=1e-5, atol=1e-12, equal_nan=True)
 
 
+def _check_in_child(path: str, out) -> None:
+    from approxql.sampling.catalog import lookup
+    from approxql.sampling.prepared import PreparedSource
+    from approxql.sampling.currency import check_current
+    con = duckdb.connect(path)
+    try:
+        out.put(check_current(DuckDBEngine(con), PreparedSource(lookup(con, "t")).current_sql()).result(timeout=20))
+    except Exception as e:   # a timeout: the child's pool had no thread
+        out.put(repr(e))
+
+
+def test_the_currency_check_runs_in_a_forked_child(tmp_path):
+    """The check's worker pool must not be inherited by a fork (its threads are not): a child
+    that submitted to the parent's pool would wait forever."""
+    import multiprocessing
+    from approxql.sampling.catalog import lookup
+    from approxql.sampling.prepared import PreparedSource
+    from approxql.sampling.currency import check_current
+    path = str(tmp_path / "fork.duckdb")
+    con = duckdb.connect(path)
+    con.execute("CREATE TABLE t AS SELECT i % 3 AS k, i * 1.0 AS x FROM range(3000) r(i)")
+    prepare(con, "t", by=["k"])
+    assert check_current(DuckDBEngine(con), PreparedSource(lookup(con, "t")).current_sql()).result(timeout=20) is True
+    con.close()
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_check_in_child, args=(path, out))
+    child.start()
+    child.join(60)
+    assert out.get(timeout=5) is True
+
+
 class _Logged:
     """A cursor that records each statement it runs."""
 

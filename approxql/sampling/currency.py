@@ -1,14 +1,43 @@
-"""Whether prepared copies are current: one statement on the request's own cursor, just before the
-read of a copy, so it sees no later state than the read.
+"""Whether prepared copies are current: one statement that sees no later state than the read of
+the copy it vouches for.
 
-It used to run on a worker thread beside the read. On 2 shared cores that cost more than running
-it first: paired in the pipeline (turbofan, 1e6 rows a request) the check first was x0.96 and
-x0.955 of the request's latency against beside, and x0.95 twice the day before. Inside the read's
-own statement, the count cost more again (turbofan at scale 12: a 0.1 % read 6.2 ms with the check
-inside, 4.0 beside). Running it first also skips the read of a copy that is stale."""
+Before a sample read (``is_current`` on the request's cursor, then the read): those reads take
+about a millisecond, and on 2 shared cores a worker thread's hand-off and two statements at once
+cost more than the overlap saved (turbofan, 1e6 rows a request, paired in the pipeline: the check
+first x0.955-0.965 of the latency with it beside the read). Beside an exact statement on the copy
+(``read_while_checking``), which takes several: there the check hides behind it (tick at scale 1,
+exact at once on the copy, paired against exact on the source: x0.84 beside, x0.98-1.00 first).
+Inside the read's own statement the count cost more again (turbofan at scale 12: a 0.1 % read 6.2
+ms with the check inside, 4.0 beside it, 3.7 without).
+
+``check_current`` returns once the check's statement is starting, so it too sees no later state
+than the read: the read is then of a copy that was current at a moment between the two. (A check
+started after the read could pass for a copy that a concurrent prepare rebuilt after the read had
+seen the old one.)"""
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Callable, TypeVar
+
 import duckdb
+
+from ..engines.base import Engine
+
+T = TypeVar("T")
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool has no threads there (a submit would wait forever)."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def is_current(cur, condition: str) -> bool:
@@ -18,3 +47,33 @@ def is_current(cur, condition: str) -> bool:
         return bool(cur.execute(f"SELECT {condition}").fetchall()[0][0])
     except duckdb.CatalogException:
         return False
+
+
+def check_current(engine: Engine, condition: str) -> Future:
+    """A future of ``SELECT condition`` (true while the copies are current), run on a worker's own
+    cursor; returns once that statement is starting. The caller must wait for it on every path
+    (``read_while_checking`` does): it must not be left running on the caller's connection."""
+    global _pool
+    starting = threading.Event()
+
+    def run() -> bool:
+        with engine.cursor() as cur:
+            starting.set()
+            return is_current(cur, condition)
+
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2), thread_name_prefix="approxql-check")
+        future = _pool.submit(run)
+    starting.wait(timeout=1.0)   # a worker is busy with another request's check at worst for its length
+    return future
+
+
+def read_while_checking(engine: Engine, condition: str, read: Callable[[], T]) -> tuple[T, bool]:
+    """``read()``'s result, and whether the copies were current: the check starts first, runs on
+    a worker beside the read, and is awaited on every path, a failed read included."""
+    current = check_current(engine, condition)
+    try:
+        return read(), current.result()
+    finally:
+        wait([current])   # never leave the check running on the caller's connection

@@ -295,7 +295,7 @@ class QuerySampler:
             if self.c.exact_plan is None:
                 self.set_exact(self.engine.exact_features(self.c.exact, self.params, cur))
                 return
-            values, stale = self.c.exact_plan.run(self.engine, self.params, cur)
+            values, stale, _ = self.c.exact_plan.run(self.engine, self.params, cur)
             self.note = stale or self.note
             self.set_exact(values)
             return
