@@ -29,7 +29,7 @@ from .layout import MomentLayout, term_gradient
 from .exact import ExactSource
 from .exact_plan import ExactPlan, exact_plan
 from .prepared import PreparedSource, group_positions, offset_of
-from .support import CLUSTER_FACTOR, MIN_SUPPORT, pinned_groups, pinned_params, tail_support, beyond_group
+from .support import CLUSTER_FACTOR, MIN_SUPPORT, beyond_group, pinned_groups, pinned_params, tail_support
 from .system import SystemSource
 from .terms import AggregatePlan, analyze, term_index
 
@@ -191,10 +191,11 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
         table = prepared.copy if prepared else plan.table
         centers = _centers(cur, plan, table)
         groups = pinned_groups(query, prepared)
+        group_params = pinned_params(query, groups)
         # one group per request and no quantile (its values are taken in key order): read by position
         positions = (group_positions(cur, prepared, groups)
-                     if groups and pinned_params(query, groups) and not any(t.is_quantile for t in plan.terms) else None)
-        rest = (beyond_group(query, groups, pinned_params(query, groups), _types(con, list(groups), plan, table),
+                     if groups and group_params and not any(t.is_quantile for t in plan.terms) else None)
+        rest = (beyond_group(query, groups, group_params, _types(con, list(groups), plan, table),
                              lambda t: _type_name(cur, t)) if positions is not None else None)
         group_where = None if rest is None else " AND ".join(f"({t.sql('duckdb')})" for t in rest)
         source: SampleSource = (PreparedSource(prepared, positions=positions is not None, group_where=group_where)
@@ -211,14 +212,15 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
         only = _with_select(query, sub, tuple(n for n in query.features if n in keep))
         exact_only, exact_only_many = engine.compile_exact([only]), engine.compile_exact([only], batch=True)
     term_nodes = [*[t.arg for t in plan.terms], *[t.filter for t in plan.terms]]
-    term_params, sample_params = _params_in(term_nodes, query.params), _params_in([plan.where, *term_nodes], query.params)
+    sample_params = _params_in([plan.where, *term_nodes], query.params)
+    position_params = sample_params if rest is None else _params_in([*rest, *term_nodes], query.params)
     moment_features = [(i, f.terms) for i, f in enumerate(plan.features)
                        if f.approximable and not any(plan.terms[t].is_quantile for t in f.terms)]
     compiled = CompiledQuery(query, plan, layout, source, exact, exact_only, min_support=support.need,
-                             group_support=support.by_group, group_params=pinned_params(query, groups),
+                             group_support=support.by_group, group_params=group_params,
                              sample_params=sample_params, groups=tuple(layout.feature_groups(moment_features)),
                              exact_many=exact_many, exact_only_many=exact_only_many, exact_plan=on_copy,
-                             positions=positions, position_params=sample_params if rest is None else _params_in([*rest, *term_nodes], query.params))
+                             positions=positions, position_params=position_params)
     why = _dry_run(con, compiled)
     if why:  # e.g. a view (no rowid to sample blocks by): sample nothing, rather than fail every request
         return CompiledQuery(query, plan, None, None, exact, None, note=f"sampling SQL cannot run here ({why})",
