@@ -34,7 +34,7 @@ def stats(run: PipelineRun) -> dict[str, dict]:
             held = np.mean([o.value == e for o, e in zip(os_, exact)])
             truth = np.mean([o.value == y for o, y in zip(os_, run.labels)])
         read = np.mean([sum(o.rates.get(q, 1.0) * m[q] for q in m) for o, m in zip(os_, run.matching)])
-        out[s] = {"median": float(np.median(lat)), "p95": float(np.percentile(lat, 95)),
+        out[s] = {"median": float(np.median(lat)), "mean": float(np.mean(lat)), "p95": float(np.percentile(lat, 95)),
                   "p99": float(np.percentile(lat, 99)), "lat": lat, "held": float(held), "truth": float(truth),
                   "rounds": float(np.mean([o.rounds for o in os_])), "rows_read": float(read),
                   "approximate": float(np.mean([not o.exact for o in os_])), "rows": rows}
@@ -106,11 +106,12 @@ def write(runs: list[PipelineRun], out: Path, argv: str) -> Path:
                   f"Rows per request: {r.bench.rows_per_request}. Model: {r.model['metric']} {r.model['score']:.4g} "
                   f"(constant baseline {r.model['baseline']:.4g}) on {r.model['n_test']} held-out requests"
                   + (f"; delta = {r.delta} (half the MAE)" if r.delta is not None else "") + ".", "",
-                  f"| system | median ms | p95 | p99 | vs exact | vs sorted | rounds | rows read | held | "
-                  f"{metric} vs truth | approximate |", "|" + "---|" * 11]
+                  f"| system | median ms | mean | p95 | p99 | vs exact | vs sorted | rounds | rows read | held | "
+                  f"{metric} vs truth | approximate |", "|" + "---|" * 12]
         for s in SYSTEMS:
             x = st[s]
-            lines.append(f"| {s} | {x['median']:.2f} | {x['p95']:.2f} | {x['p99']:.2f} | {x['speedup_exact']:.2f}x | "
+            lines.append(f"| {s} | {x['median']:.2f} | {x['mean']:.2f} | {x['p95']:.2f} | {x['p99']:.2f} | "
+                         f"{x['speedup_exact']:.2f}x | "
                          f"{x['speedup_fastest']:.2f}x | {x['rounds']:.2f} | {x['rows_read']:,.0f} | {x['held']:.3f} | "
                          f"{x['truth']:.4g} | {x['approximate']:.2f} |")
         lines += [""] + [f"- **{'PASS' if p else 'FAIL'}**: {t}" for p, t in verdicts(r, st)]
