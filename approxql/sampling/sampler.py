@@ -344,7 +344,7 @@ class QuerySampler:
         source = self.c.source
         return isinstance(source, PreparedSource) and (
             self.fraction == 0.0 or (self.group is not None and source.group_where is not None
-                                     and not source.prepared.slices))
+                                     and not self.reads_slice()))
 
     def increment(self, p: float) -> "Increment":
         """What the next read covers: keys [lo, p) (nested) or a fresh sample at p, and which
