@@ -113,7 +113,8 @@ def _prepare(args) -> int:
     t0 = time.perf_counter()
     with duckdb.connect(args.db) as con:
         prepared = prepare(con, args.table, by, seed=args.seed)
-    parts = f" (a view over {prepared.slices} slice tables)" if prepared.slices else ""
+    parts = (f" (a view over {prepared.slices} slice table{'s' if prepared.slices > 1 else ''})"
+             if prepared.slices else "")
     print(f"wrote {prepared.copy}{parts}: {prepared.source_rows:,} rows in {time.perf_counter() - t0:.1f} s; "
           f"pipelines loaded from now on sample {args.table} through it")
     return 0

@@ -172,7 +172,8 @@ def check_pipeline_after_interruption(folder: Path, db: Path, previous: bool, ro
             assert "TABLESAMPLE SYSTEM on t" in text
         approxql.prepare(con, "t", by=["k"], seed=2)              # the next prepare completes
         assert is_complete_prepare(con)
-        assert sorted(db_state(con)["tables"]) == sorted([CATALOG, "t", COPY])
+        state = db_state(con)   # the copy: one slice, named for this prepare, under a view
+        assert state["views"] == [COPY] and sorted(state["tables"]) == sorted([CATALOG, "t", lookup(con, "t").table(0)])
         fresh = approxql.load_pipeline(folder / "rel.sql", con=con, warm=True)
         p = fresh.predict(request, seed=SEED, learn=False)
         assert "stale" not in p.notes["q1"]

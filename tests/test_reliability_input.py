@@ -281,7 +281,7 @@ def test_tables_and_columns_that_need_quoting_prepare_and_sample(tmp_path, fresh
     disorder = con.execute(f"""
         SELECT count(*) FROM (SELECT {quote(WEIRD)} AS w, __approxql_rnd AS k,
                                      lag({quote(WEIRD)}) OVER (ORDER BY rowid) AS pw,
-                                     lag(__approxql_rnd) OVER (ORDER BY rowid) AS pk FROM {copy})
+                                     lag(__approxql_rnd) OVER (ORDER BY rowid) AS pk FROM {quote(prepared.table(0))})
         WHERE w < pw OR (w = pw AND k < pk)""").fetchall()[0][0]
     assert disorder == 0                                                # sorted by entity, then key
     shares = con.execute(f"SELECT {quote(WEIRD)}, avg((__approxql_rnd < 0.1)::INT) FROM {copy} GROUP BY 1").fetchall()

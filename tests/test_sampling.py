@@ -16,7 +16,7 @@ from approxql.engines import DuckDBEngine
 from approxql.pipeline_file import parse_pipeline
 from approxql.sampling import QuerySampler, compile_query, prepare
 from approxql.sampling.batch import BATCH_MIN, advance_many
-from approxql.sampling.catalog import CATALOG, KEY
+from approxql.sampling.catalog import CATALOG, KEY, lookup
 
 HEADER = "-- name: t\n-- model: m.onnx\n-- task: regression\n-- params: k INTEGER, lim DOUBLE\n-- inputs: {first}\n"
 AGGREGATES = """
@@ -346,7 +346,7 @@ def test_prepare_by_a_time_bucket(tmp_path):
     assert prepared.by == ("k", "date_trunc('hour', ts)")
     order = con.execute(f"""SELECT bool_and(ok) FROM (SELECT (k, date_trunc('hour', ts), {KEY}) >=
                             lag((k, date_trunc('hour', ts), {KEY})) OVER (ORDER BY rowid) OR rowid = 0 AS ok
-                            FROM ev__approxql_sample)""").fetchall()[0][0]
+                            FROM {prepared.table(0)})""").fetchall()[0][0]
     assert order
     text = ("-- name: t\n-- model: m.onnx\n-- task: regression\n-- params: k INTEGER, at TIMESTAMP\n-- inputs: a\n"
             "SELECT AVG(x) AS a, COUNT(*) AS n FROM ev WHERE k = $k AND ts >= $at - INTERVAL 1 HOUR AND ts < $at;")
@@ -384,38 +384,43 @@ def test_stale_prepared_copy_is_never_used(tmp_path):
 
 
 def test_currency_check_counts_the_source_against_the_catalog(tmp_path):
-    """The check compares the source's rows with the count the catalog wrote beside the copy: an
-    append makes it false and a new prepare true again for reads by key, not for reads by
-    position (their groups were indexed on the old copy); a copy the catalog no longer lists is
-    never current."""
-    from approxql.sampling.catalog import lookup
+    """Reads by key compare the source's rows with the count the catalog wrote beside the copy:
+    an append makes that false, a new prepare true again, and a copy the catalog no longer lists
+    is never current. Reads by position go to a slice named for its prepare, so their check is
+    the source's count alone: a new prepare drops the slice instead."""
     from approxql.sampling.prepared import PreparedSource
     con = duckdb.connect(str(tmp_path / "check.duckdb"))
     con.execute("CREATE TABLE t AS SELECT i % 2 AS k, i * 1.0 AS x FROM range(10000) r(i)")
-    prepare(con, "t", by=["k"])
+    old = prepare(con, "t", by=["k"])
     by_key, by_position = PreparedSource(lookup(con, "t")), PreparedSource(lookup(con, "t"), positions=True)
+    assert CATALOG in by_key.current_sql() and CATALOG not in by_position.current_sql()
 
     def current(source):
         return con.execute(f"SELECT {source.current_sql()}").fetchall()[0][0]
-    assert current(by_key) is True and current(by_position) is True
+
+    def exists(table):
+        return con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table]).fetchall()[0][0] == 1
+    assert current(by_key) is True and current(by_position) is True and exists(old.table(0))
     con.execute("INSERT INTO t VALUES (1, 2.0)")
     assert current(by_key) is False and current(by_position) is False
-    prepare(con, "t", by=["k"])
-    assert current(by_key) is True and current(by_position) is False
+    new = prepare(con, "t", by=["k"])
+    assert current(by_key) is True and not exists(old.table(0)) and exists(new.table(0))
     con.execute("DELETE FROM approxql_catalog WHERE source = 't'")
     assert current(by_key) is False
 
 
 @pytest.mark.parametrize("where", ["k = $k", "k = $k AND x >= $lim", "x >= $lim"])
-def test_a_dropped_catalog_sends_reads_to_exact(tmp_path, where):
-    """The currency check reads the catalog: with the catalog gone, a pipeline loaded before
-    computes exactly and says so, rather than failing every request (a read by position with no
-    WHERE, one with a WHERE, a read by key)."""
+def test_a_dropped_catalog_sends_reads_by_key_to_exact(tmp_path, where):
+    """Reads by key check the catalog: with the catalog gone, a pipeline loaded before computes
+    exactly and says so, rather than failing every request. Reads by position (the first two
+    queries) check the source's count only and go on sampling their copy, which is still current."""
     con = duckdb.connect(str(tmp_path / "nocat.duckdb"))
     con.execute("CREATE TABLE t AS SELECT (i % 2)::INTEGER AS k, i * 1.0 AS x FROM range(20000) r(i)")
     prepare(con, "t", by=["k"])
     q = query("AVG(x) AS a", where=where)
     compiled = compile_query(DuckDBEngine(con), con, q, strategy="prepared")
+    by_position = compiled.positions is not None
+    assert by_position == where.startswith("k")
     con.execute(f"DROP TABLE {CATALOG}")
     one = QuerySampler(compiled, DuckDBEngine(con), {"k": 1, "lim": 0.0}, seed=1)
     many = [QuerySampler(compiled, DuckDBEngine(con), {"k": 1, "lim": 0.0}, seed=s) for s in range(BATCH_MIN)]
@@ -425,8 +430,11 @@ def test_a_dropped_catalog_sends_reads_to_exact(tmp_path, where):
     exact = exact_row(con, q, {"k": 1, "lim": 0.0})["a"]
     for sampler in [one, *many]:
         r = sampler.result()
-        assert r.exact and "no longer lists" in r.reasons["a"]
-        assert r.values["a"] == pytest.approx(exact)
+        if by_position:
+            assert not r.exact and sampler.moments.n == 500 and r.values["a"] == pytest.approx(exact, rel=0.1)
+        else:
+            assert r.exact and "no longer lists" in r.reasons["a"]
+            assert r.values["a"] == pytest.approx(exact)
 
 
 def test_a_pinned_group_is_read_by_position(db):
@@ -436,7 +444,7 @@ def test_a_pinned_group_is_read_by_position(db):
     prepare(db, "t", by=["k"])
     q = query("COUNT(*) AS n, AVG(x) AS a")
     compiled = compile_query(DuckDBEngine(db), db, q, strategy="prepared")
-    first, rows = db.execute("SELECT min(rowid), count(*) FROM t__approxql_sample WHERE k = 1").fetchall()[0]
+    first, rows = db.execute(f"SELECT min(rowid), count(*) FROM {lookup(db, 't').table(0)} WHERE k = 1").fetchall()[0]
     assert compiled.positions_for({"k": 1}) == (first, rows, 0) and compiled.positions_for({"k": 99}) is None
     sampler = QuerySampler(compiled, DuckDBEngine(db), {"k": 1, "lim": 0.0}, seed=3)
     with db.cursor() as cur:

@@ -1,6 +1,6 @@
-"""A copy larger than SLICE_ROWS is written as slice tables under a view: reads by position go to
-their group's slice, everything else reads the view, and every read sees the very rows (and so
-the very estimates) it would on a copy that is one table."""
+"""A copy sorted by ``by`` is slice tables under a view, several where it is larger than SLICE_ROWS:
+reads by position go to their group's slice, everything else reads the view, and every read sees
+the very rows (and so the very estimates) it would on a copy that is one slice."""
 from __future__ import annotations
 
 import duckdb
@@ -35,7 +35,7 @@ def database(path) -> duckdb.DuckDBPyConnection:
 
 @pytest.fixture
 def pair(tmp_path, monkeypatch):
-    """The same table prepared as one copy and as slices of at most 3,000 rows (same seed)."""
+    """The same table prepared as one slice and as slices of at most 3,000 rows (same seed)."""
     whole = database(tmp_path / "whole.duckdb")
     prepare(whole, "t", by=["k", "b"], seed=5)
     monkeypatch.setattr(catalog, "SLICE_ROWS", 3000)
@@ -47,7 +47,7 @@ def pair(tmp_path, monkeypatch):
 def test_a_large_copy_is_slices_of_whole_runs_under_a_view(pair):
     whole, sliced = pair
     p = lookup(sliced.cursor(), "t")
-    assert lookup(whole.cursor(), "t").slices == 0 and p.slices >= 2
+    assert lookup(whole.cursor(), "t").slices == 1 and p.slices >= 2
     assert sliced.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [p.copy]).fetchall()[0][0] == 1
     ks = [sorted({r[0] for r in sliced.execute(f"SELECT DISTINCT k FROM {p.table(i)}").fetchall()}) for i in range(p.slices)]
     rows = [sliced.execute(f"SELECT count(*) FROM {p.table(i)}").fetchall()[0][0] for i in range(p.slices)]
@@ -95,7 +95,9 @@ def test_reads_on_slices_match_reads_on_one_table(pair):
         set(range(lookup(sliced.cursor(), "t").slices))   # every slice is read by position
 
 
-def test_prepare_again_moves_between_one_table_and_slices(pair, monkeypatch):
+def test_prepare_again_moves_between_one_slice_several_and_one_table(pair, monkeypatch):
+    """Each prepare drops the slices of the one before. Without ``by`` (nothing to read by
+    position) the copy is one table."""
     _, con = pair
     p = lookup(con.cursor(), "t")
 
@@ -103,13 +105,17 @@ def test_prepare_again_moves_between_one_table_and_slices(pair, monkeypatch):
         return con.execute("SELECT count(*) FROM duckdb_tables() WHERE starts_with(table_name, ?)",
                            [slice_prefix(p.copy)]).fetchall()[0][0]
 
+    def is_table():
+        return con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [p.copy]).fetchall()[0][0] == 1
     monkeypatch.setattr(catalog, "SLICE_ROWS", 10**9)
-    assert prepare(con, "t", by=["k"]).slices == 0
-    assert slice_tables() == 0 and lookup(con.cursor(), "t").slices == 0
+    assert prepare(con, "t", by=["k"]).slices == 1
+    assert slice_tables() == 1 and lookup(con.cursor(), "t").slices == 1 and not is_table()
     monkeypatch.setattr(catalog, "SLICE_ROWS", 5000)
     assert prepare(con, "t", by=["k"]).slices == slice_tables() == lookup(con.cursor(), "t").slices >= 2
+    assert con.execute(f"SELECT count(*) FROM {p.copy}").fetchall()[0][0] == sum(SIZES) and not is_table()
+    assert prepare(con, "t", by=[]).slices == 0
+    assert slice_tables() == 0 and lookup(con.cursor(), "t").slices == 0 and is_table()
     assert con.execute(f"SELECT count(*) FROM {p.copy}").fetchall()[0][0] == sum(SIZES)
-    assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [p.copy]).fetchall()[0][0] == 0
 
 
 def test_a_sliced_copy_prepared_again_after_load_is_noticed_by_the_read(pair):
@@ -144,3 +150,23 @@ def test_a_sliced_copy_prepared_again_after_load_is_noticed_by_the_read(pair):
     with con.cursor() as cur:
         s.advance(cur, 0.1, matching=1.0)
     assert s.result().exact and s.result().values["n"] == exact["n"] + 1
+
+
+def test_an_older_one_table_copy_is_read_by_key(pair):
+    """A copy an older approxql wrote as one table, sorted by ``by``: nothing would tell a read by
+    position that a later prepare rewrote it, so requests read it by key, checked against the
+    catalog, and still estimate from a sample."""
+    whole, _ = pair
+    p = lookup(whole.cursor(), "t")
+    whole.execute(f"DROP VIEW {p.copy}")
+    whole.execute(f"ALTER TABLE {p.table(0)} RENAME TO {p.copy}")
+    old = lookup(whole.cursor(), "t")
+    assert old.slices == 0
+    engine = DuckDBEngine(whole)
+    compiled = compile_query(engine, whole, query("AVG(x) AS a, COUNT(*) AS n", where="k = $k AND b = $b"),
+                             strategy="prepared")
+    assert compiled.positions is None and catalog.CATALOG in compiled.source.current_sql()
+    s = QuerySampler(compiled, engine, {"k": 8, "b": 1, "lim": 0.0}, seed=1)
+    with whole.cursor() as cur:
+        s.advance(cur, 0.2)
+    assert not s.result().exact and 0 < s.moments.n < SIZES[8] / 3

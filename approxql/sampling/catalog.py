@@ -8,12 +8,15 @@ time window inside an entity is a run of buckets, which zone maps on the time co
 never modified. Copy and catalog entry are written in one transaction: an interrupted prepare
 leaves the previous state (or nothing), never a half-written copy that pipelines would use.
 
-A copy of more than ``SLICE_ROWS`` rows is written as slice tables of at most about that many
-rows, cut where the first ``by`` entry changes, and the copy is a view over them. DuckDB reads a
-row-id range of a table at a cost that grows with the table: 2,000 rows of nine sensors took 1.44
-ms on a 2.4e8-row copy and 0.80-0.87 ms on a slice of 4.8e6-6.7e7 rows holding them, wherever the
-range lay. Reads by position go to their group's slice; everything else reads the view (each
-slice is a branch of its UNION ALL, about 0.16 ms each on a read that finds nothing).
+A copy sorted by ``by`` is written as slice tables named for their prepare, under a view named
+for the copy: one slice, or where the copy has more than ``SLICE_ROWS`` rows, slices of at most
+about that many rows, cut where the first ``by`` entry changes. DuckDB reads a row-id range of a
+table at a cost that grows with the table: 2,000 rows of nine sensors took 1.44 ms on a 2.4e8-row
+copy and 0.80-0.87 ms on a slice of 4.8e6-6.7e7 rows holding them, wherever the range lay. Reads
+by position go to their group's slice; everything else reads the view (each slice is a branch of
+its UNION ALL, about 0.16 ms each on a read that finds nothing). Because a later prepare drops
+the slices, a read by position that finds its slice fails rather than read another prepare's
+rows, and its staleness check is the source's row count alone, not a catalog lookup too.
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ class PreparedTable:
     seed: int
     source_rows: int
     prepared_at: dt.datetime
-    slices: int = 0   # 0: the copy is one table; else a view over this many slice tables
+    slices: int = 0   # 0: the copy is one table (no ``by``, or an older prepare); else a view over slices
 
     def table(self, slice: int) -> str:
         """The table holding slice ``slice`` of the copy (the copy itself when it is one table)."""
@@ -103,10 +106,14 @@ def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, se
                     cur.execute(f"CREATE TABLE {quote(slice_name(copy, now, i))} AS SELECT * FROM {quote(building)} "
                                 f"LIMIT {b - a} OFFSET {a}")   # in the copy's order: insertion order is kept
                 cur.execute(f"DROP TABLE {quote(building)}")
-                cur.execute(f"CREATE VIEW {quote(copy)} AS " + " UNION ALL ".join(
-                    f"SELECT * FROM {quote(slice_name(copy, now, i))}" for i in range(len(bounds) - 1)))
-            else:
+            elif items:   # one slice: a later prepare must still drop the table reads by position go to
+                cur.execute(f"ALTER TABLE {quote(building)} RENAME TO {quote(slice_name(copy, now, 0))}")
+            else:   # nothing to read by position
                 cur.execute(f"ALTER TABLE {quote(building)} RENAME TO {quote(copy)}")
+            slices = len(cuts) + 1 if items else 0
+            if slices:
+                cur.execute(f"CREATE VIEW {quote(copy)} AS " + " UNION ALL ".join(
+                    f"SELECT * FROM {quote(slice_name(copy, now, i))}" for i in range(slices)))
             cur.execute(f"DELETE FROM {CATALOG} WHERE source = ?", [table])
             cur.execute(f"INSERT INTO {CATALOG} VALUES (?, ?, ?, ?, ?, ?)", [table, copy, list(by), seed, rows, now])
             cur.execute("COMMIT")
@@ -117,7 +124,7 @@ def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, se
                 raise QueryError(f"prepare {table!r} failed and changed nothing (the previous prepared copy, "
                                  f"if any, is still in use): {first}") from e
             raise
-    return PreparedTable(table, copy, tuple(by), seed, rows, now, slices=len(cuts) + 1 if cuts else 0)
+    return PreparedTable(table, copy, tuple(by), seed, rows, now, slices=slices)
 
 
 def _slice_cuts(cur, building: str, first_item: str, rows: int) -> list[int]:

@@ -334,17 +334,12 @@ class QuerySampler:
 
     def reads_slice(self) -> bool:
         """Whether reads go to a slice table of the copy (by position), which a later prepare drops."""
-        return self.group is not None and self.c.source.prepared.slices > 0
+        return self.group is not None
 
     def needs_check(self) -> bool:
-        """Whether the next read must check that the copy is current: a prepared copy's first
-        read, and every read by position without its group's pins (a copy prepared again since
-        the first read would hand it another group's rows), unless it reads a slice (a later
-        prepare drops the slice, and the read fails over to exact)."""
-        source = self.c.source
-        return isinstance(source, PreparedSource) and (
-            self.fraction == 0.0 or (self.group is not None and source.group_where is not None
-                                     and not self.reads_slice()))
+        """Whether the next read must check that the copy is current: a prepared copy's first read
+        (a read by position of a copy prepared again since finds its slice gone and fails over)."""
+        return isinstance(self.c.source, PreparedSource) and self.fraction == 0.0
 
     def increment(self, p: float) -> "Increment":
         """What the next read covers: keys [lo, p) (nested) or a fresh sample at p, and which

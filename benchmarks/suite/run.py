@@ -138,7 +138,8 @@ def _databases(bp: BenchPipeline, data_dir: Path, scale: float, seed: int):
         con.execute("CREATE TABLE __bench_done AS SELECT 1 AS done")
         con.execute("CHECKPOINT")
         fast_path.unlink(missing_ok=True)
-    elif (prepared := lookup(con.cursor(), bp.table)) is None or prepared.by != bp.by:   # e.g. by changed
+    elif ((prepared := lookup(con.cursor(), bp.table)) is None or prepared.by != bp.by   # e.g. by changed
+          or (bp.by and not prepared.slices)):   # an older approxql's one-table copy
         approxql.prepare(con, bp.table, by=list(bp.by))
     if not fast_path.exists():
         tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE table_name NOT LIKE "
