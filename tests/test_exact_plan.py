@@ -51,11 +51,11 @@ def test_exact_reads_the_copy_where_its_order_finds_the_rows(setup):
             assert served[name] == (pytest.approx(value, rel=1e-12) if value is not None else None), (b, name)
     plan = pipe._served
     sql = plan.on_copies.sql
-    assert sql.count("t__approxql_sample") == 1          # q1 (the currency check runs before it)
-    assert 'count(*) from "t"' in plan.current.lower() and "source_rows" in plan.current   # against the catalog
-    assert "FROM t WHERE day >=" in sql.replace('"', "")   # q2 pins no k: the copy's order would not help
     with con.cursor() as cur:
         prepared = lookup(cur, "t")
+    assert prepared.slices == 1 and sql.count("t__approxql_sample") == 1 and prepared.table(0) in sql   # q1: the slice
+    assert plan.current == f'((SELECT count(*) FROM "t") = {prepared.source_rows})'   # the count of that prepare
+    assert "FROM t WHERE day >=" in sql.replace('"', "")   # q2 pins no k: the copy's order would not help
     q1, q2 = pipe.spec.aggregate_queries
     assert finds_rows(q1, prepared) and not finds_rows(q2, prepared)
 
@@ -87,6 +87,24 @@ def test_a_stale_copy_sends_exact_to_the_source(setup):
     result = sampler.result()
     assert result.exact and result.values["avg_amount"] == pytest.approx(served["avg_amount"])
     assert "stale" in result.reasons["avg_amount"]
+
+
+def test_a_copy_prepared_again_after_load_sends_exact_to_the_source(setup, write_pipeline):
+    """The plan reads the copy's one slice, named for its prepare: a later prepare drops it, and
+    the read gives way to the source with a note, until the pipeline is loaded again."""
+    con, pipe = setup
+    r = {"k": 3, "day": "2024-02-01", "price": 2.0}
+    b = bind_request(list(pipe.params), r)
+    assert pipe.served_exact_raw(b)[1] == ""                 # the plan is made on first use
+    approxql.prepare(con, "t", by=["k"], seed=9)
+    served, note, _ = pipe.served_exact_raw(b)
+    assert "prepared again" in note and "load the pipeline again" in note
+    assert served["avg_amount"] == pytest.approx(pipe.exact_raw(b)["avg_amount"], rel=1e-12)
+    pred = pipe.predict(r, initial_fraction=1.0, learn=False)
+    assert pred.exact and "prepared again" in pred.stop_reason and pred.value == pytest.approx(pipe.predict_exact(r).value)
+    fresh = approxql.load_pipeline(write_pipeline(header=HEADER, body=BODY), con=con, warm=True)
+    served, note, _ = fresh.served_exact_raw(b)
+    assert note == "" and lookup(con.cursor(), "t").table(0) in fresh._served.on_copies.sql
 
 
 def test_only_a_pinned_leading_entity_reads_the_copy(setup):

@@ -27,9 +27,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+import duckdb
 from sqlglot import exp
 
 from ..engines.base import Compiled, Engine
+from ..errors import QueryError
 from ..plan import FeatureQuery, QueryKind
 from ..sqlparts import equality_columns, on_table, single_table
 from .base import quote
@@ -118,13 +120,18 @@ class ExactPlan:
         return values, "", max(ms.values())
 
     def _read_copies(self, engine: Engine, params: Mapping[str, Any], cur) -> tuple[dict[str, Any], str]:
-        values, fresh = read_while_checking(engine, self.current,   # beside it, on a second core
-                                            lambda: engine.exact_features(self.on_copies, params, cur))
+        try:
+            values, fresh = read_while_checking(engine, self.current,   # beside it, on a second core
+                                                lambda: engine.exact_features(self.on_copies, params, cur))
+        except QueryError as e:
+            if not isinstance(e.__cause__, duckdb.CatalogException):
+                raise
+            values, fresh = None, False   # a slice it read is gone: that copy was prepared again
         if fresh:
             return values, ""
         note = (f"the prepared copy of {', '.join(self.copies)} is stale (the source's row count changed since "
-                f"it was prepared, or the catalog no longer lists it); computed exactly on the source — run "
-                f"approxql prepare again")
+                f"it was prepared, it was prepared again, or the catalog no longer lists it); computed exactly "
+                f"on the source — run approxql prepare again, or load the pipeline again")
         return engine.exact_features(self.on_sources, params, cur), note
 
 
@@ -153,7 +160,7 @@ def exact_plan(engine: Engine, cur, queries: Sequence[FeatureQuery], on_sources:
     for q in queries:
         prepared = lookup(cur, q.tables[0]) if single_table(q) else None
         if prepared is not None and finds_rows(q, prepared):
-            copy = quote(prepared.copy)
+            copy = quote(prepared.relation)
             if reads_whole_rows(q):   # COUNT(DISTINCT t), list(t): the row must not carry the key column
                 copy = f"(SELECT * EXCLUDE ({KEY}) FROM {copy})"   # (costs planning time, so only then)
             rewritten.append(on_table(q, copy))

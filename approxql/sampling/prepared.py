@@ -62,7 +62,7 @@ class PreparedSource(SampleSource):
     def _table(self, group: tuple[int, int, int] | None) -> str:
         """What a read scans: by position its group's slice (row ids count from the slice's
         start), else the copy."""
-        return quote(self.prepared.copy if group is None else self.prepared.table(group[2]))
+        return quote(self.prepared.relation if group is None else self.prepared.table(group[2]))
 
     def rows_sql(self, plan: AggregatePlan, layout: MomentLayout, lo: float, hi: float, *, seed: int = 0,
                  group: tuple[int, int, int] | None = None) -> SampleSQL:
@@ -80,12 +80,13 @@ class PreparedSource(SampleSource):
 
     def current_sql(self) -> str:
         """True while the source has as many rows as when its copy was written (the staleness
-        check). The count is the catalog's, written in the copy's own transaction, so a later
-        prepare updates both at once; counting the copy too cost 0.2-0.3 ms on 2.4e8 rows. Reads
-        by position go to slice tables named for their prepare: a later prepare drops them and
-        the read fails over to exact, so their check is the source's count alone (the catalog
-        lookup cost 0.6 of a bearing request's 3.7 ms, and x0.83 of one at 1e6 rows, paired)."""
-        if self.positions:
+        check). Reads of tables named for their prepare (a read by position, or any read of a
+        copy of one slice) compare with the count of that prepare: a later prepare drops those
+        tables and the read fails over to exact, so the source's count is all that is checked
+        (the catalog lookup cost 0.6 of a bearing request's 3.7 ms, and x0.83 of one at 1e6
+        rows, paired). Reads of a view over several slices compare with the catalog's count,
+        written in the copy's own transaction, so a later prepare updates both at once."""
+        if self.positions or self.prepared.slices == 1:
             return f"(SELECT count(*) FROM {quote(self.prepared.source)}) = {self.prepared.source_rows}"
         return (f"coalesce((SELECT count(*) FROM {quote(self.prepared.source)}) = (SELECT source_rows FROM "
                 f"{CATALOG} WHERE source = {_literal(self.prepared.source)}), false)")   # no such copy: not current

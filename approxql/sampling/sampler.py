@@ -333,12 +333,15 @@ class QuerySampler:
             self.absorb(inc, got, clustered=stmt.clustered)
 
     def reads_slice(self) -> bool:
-        """Whether reads go to a slice table of the copy (by position), which a later prepare drops."""
-        return self.group is not None
+        """Whether reads go to a slice table of the copy (by position, or a copy's only slice),
+        which a later prepare drops."""
+        source = self.c.source
+        return isinstance(source, PreparedSource) and (self.group is not None or source.prepared.slices == 1)
 
     def needs_check(self) -> bool:
         """Whether the next read must check that the copy is current: a prepared copy's first read
-        (a read by position of a copy prepared again since finds its slice gone and fails over)."""
+        (a later read of a copy prepared again since finds its slice gone and fails over, or, on a
+        view over several slices, reads the new copy by key: a sample of current rows all the same)."""
         return isinstance(self.c.source, PreparedSource) and self.fraction == 0.0
 
     def increment(self, p: float) -> "Increment":
@@ -398,11 +401,11 @@ class QuerySampler:
         self.fraction = 1.0
 
     def stale_note(self) -> str:
-        if self.c.positions:
+        if self.c.positions or self.c.source.prepared.slices == 1:
             return (f"the prepared copy of {self.c.source.prepared.source} is stale (the source's row count "
                     f"changed since it was prepared, the catalog no longer lists it, or it was prepared again "
-                    f"after this pipeline was loaded, which reads its groups by row id); computed exactly — "
-                    f"run approxql prepare again if the source changed, then load the pipeline again")
+                    f"after this pipeline was loaded, which reads the tables of that prepare); computed "
+                    f"exactly — run approxql prepare again if the source changed, then load the pipeline again")
         return (f"the prepared copy of {self.c.source.prepared.source} is stale (the source's row count "
                 f"changed since it was prepared, or the catalog no longer lists it); computed exactly — run "
                 f"approxql prepare again")
