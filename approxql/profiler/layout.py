@@ -130,7 +130,7 @@ def measure(pipe, query, requests: Sequence[Mapping[str, Any]], repeats: int) ->
     with pipe.engine.cursor() as cur:
         prepared = lookup(cur, table)
     if prepared is not None:
-        layouts["prepared"] = _compiled(pipe, query, quote(prepared.copy))
+        layouts["prepared"] = _compiled(pipe, query, quote(prepared.relation))
     note, db = "", None
     if con is None or not order:
         note = "no sorted copy: " + ("not a DuckDB engine" if con is None else "the query filters on no column")
