@@ -10,7 +10,9 @@ class Prediction:
     """One pipeline prediction.
 
     Attributes:
-        value: the model's output (a number for regression, a label for classification).
+        value: the prediction (a number for regression, a label for classification). A sampled
+            regression answers with the centre of the 2 * delta window holding the most of the
+            model's outputs on the feature draws, not the model at the point estimates.
         probability: estimated probability that ``value`` is within delta of (regression) or
             equal to (classification) the prediction from exactly computed features; 1.0 when exact.
         exact: True when every feature was computed exactly.

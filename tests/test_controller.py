@@ -266,3 +266,23 @@ def test_a_first_read_of_a_copy_takes_at_least_start_rows(world, monkeypatch, st
         assert not below, (first, floor)
     else:
         assert below, (first, floor)                     # the warm start alone reads less: the test can tell
+
+
+def test_a_regression_answers_with_the_centre_of_the_window_holding_most_draws():
+    """Draws on both sides of a step of 1.5 delta: the point estimate's answer (on one side) is
+    within delta of half of them, the window's centre of all. The window is chosen on the first
+    half of the draws and judged on the second, so outliers there lower the probability without
+    moving the answer. The Biathlon baseline (not centred) and classification keep the answer at
+    the point estimates."""
+    from approxql.controller.propagation import judge
+    from approxql.model import ModelOutput
+    step = np.r_[np.zeros(64), np.full(64, 1.5)]
+    out = ModelOutput(np.r_[0.0, step, step])
+    point, centred = judge(out, task="regression", delta=1.0), judge(out, task="regression", delta=1.0, centred=True)
+    assert (point.value, point.probability) == (0.0, 0.5)
+    assert centred.value == pytest.approx(0.75) and centred.probability == 1.0
+    second = np.r_[np.zeros(115), np.full(13, 5.0)]             # 13 of 128 far off, in the judging half only
+    got = judge(ModelOutput(np.r_[0.0, np.zeros(128), second]), task="regression", delta=1.0, centred=True)
+    assert got.value == 0.0 and got.probability == pytest.approx(115 / 128)
+    labels = ModelOutput(np.r_[1, np.zeros(200, dtype=int), np.ones(56, dtype=int)])
+    assert judge(labels, task="classification", delta=None, centred=True).value == 1   # the point's label

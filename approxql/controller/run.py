@@ -248,7 +248,7 @@ class RequestRun:
                 draws = draw()
                 out = yield from self._wait(Infer(np.vstack([secant[:1], draws])), "propagation")
                 k = 1
-            prop = judge(out.take(np.r_[0, k:len(out.values)]), task=pipe.task, delta=opts.delta)
+            prop = judge(out.take(np.r_[0, k:len(out.values)]), task=pipe.task, delta=opts.delta, centred=True)
         stalled = prop is not None and len(history) > 1 and history[-2].get("probability") is not None
         self.enough = {} if prop is None else _enough(pipe, samplers, results, sens, needs, margin, opts)
         return prop, lambda: _plan(pipe, self.book, samplers, results, sens, needs, margin, opts, stalled)
