@@ -14,9 +14,10 @@ about that many rows, cut where the first ``by`` entry changes. DuckDB reads a r
 table at a cost that grows with the table: 2,000 rows of nine sensors took 1.44 ms on a 2.4e8-row
 copy and 0.80-0.87 ms on a slice of 4.8e6-6.7e7 rows holding them, wherever the range lay. Reads
 by position go to their group's slice; everything else reads the view (each slice is a branch of
-its UNION ALL, about 0.16 ms each on a read that finds nothing). Because a later prepare drops
-the slices, a read by position that finds its slice fails rather than read another prepare's
-rows, and its staleness check is the source's row count alone, not a catalog lookup too.
+its UNION ALL, about 0.16 ms each on a read that finds nothing), except on a copy of one slice,
+which every read scans directly. Because a later prepare drops the slices, a read of a slice
+that finds it gone fails rather than read another prepare's rows, and its staleness check is
+the source's row count alone, not a catalog lookup too.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ class PreparedTable:
     def relation(self) -> str:
         """What reads other than by position scan: a copy of one slice is read as that slice, named
         for its prepare (through the view a statement cost about 0.15 ms more to bind: fraud's
-        exact statement x1.047, paired), else the copy."""
+        exact statement x1.03-1.04, the pipeline x1.047, paired), else the copy."""
         return self.table(0) if self.slices == 1 else self.copy
 
     def table(self, slice: int) -> str:

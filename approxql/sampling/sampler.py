@@ -340,8 +340,9 @@ class QuerySampler:
 
     def needs_check(self) -> bool:
         """Whether the next read must check that the copy is current: a prepared copy's first read
-        (a later read of a copy prepared again since finds its slice gone and fails over, or, on a
-        view over several slices, reads the new copy by key: a sample of current rows all the same)."""
+        (a later read of a copy prepared again since finds its slice gone and fails over; on a view
+        over several slices a read by key goes on with the new copy's keys: a request that spans
+        a prepare is not checked again)."""
         return isinstance(self.c.source, PreparedSource) and self.fraction == 0.0
 
     def increment(self, p: float) -> "Increment":
