@@ -782,7 +782,6 @@ def test_closed_form_jacobian_matches_finite_differences(db, strategy, monkeypat
 
 
 def _check_in_child(path: str, out) -> None:
-    from approxql.sampling.catalog import lookup
     from approxql.sampling.prepared import PreparedSource
     from approxql.sampling.currency import check_current
     con = duckdb.connect(path)
@@ -796,7 +795,6 @@ def test_the_currency_check_runs_in_a_forked_child(tmp_path):
     """The check's worker pool must not be inherited by a fork (its threads are not): a child
     that submitted to the parent's pool would wait forever."""
     import multiprocessing
-    from approxql.sampling.catalog import lookup
     from approxql.sampling.prepared import PreparedSource
     from approxql.sampling.currency import check_current
     path = str(tmp_path / "fork.duckdb")

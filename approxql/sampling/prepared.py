@@ -86,7 +86,7 @@ class PreparedSource(SampleSource):
         (the catalog lookup cost 0.6 of a bearing request's 3.7 ms, and x0.83 of one at 1e6
         rows, paired). Reads of a view over several slices compare with the catalog's count,
         written in the copy's own transaction, so a later prepare updates both at once."""
-        if self.positions or self.prepared.slices == 1:
+        if self.positions or self.prepared.relation_is_slice:
             return f"(SELECT count(*) FROM {quote(self.prepared.source)}) = {self.prepared.source_rows}"
         return (f"coalesce((SELECT count(*) FROM {quote(self.prepared.source)}) = (SELECT source_rows FROM "
                 f"{CATALOG} WHERE source = {_literal(self.prepared.source)}), false)")   # no such copy: not current

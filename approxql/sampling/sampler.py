@@ -336,7 +336,7 @@ class QuerySampler:
         """Whether reads go to a slice table of the copy (by position, or a copy's only slice),
         which a later prepare drops."""
         source = self.c.source
-        return isinstance(source, PreparedSource) and (self.group is not None or source.prepared.slices == 1)
+        return isinstance(source, PreparedSource) and (self.group is not None or source.prepared.relation_is_slice)
 
     def needs_check(self) -> bool:
         """Whether the next read must check that the copy is current: a prepared copy's first read
@@ -402,7 +402,7 @@ class QuerySampler:
         self.fraction = 1.0
 
     def stale_note(self) -> str:
-        if self.c.positions or self.c.source.prepared.slices == 1:
+        if self.c.positions or self.c.source.prepared.relation_is_slice:
             return (f"the prepared copy of {self.c.source.prepared.source} is stale (the source's row count "
                     f"changed since it was prepared, the catalog no longer lists it, or it was prepared again "
                     f"after this pipeline was loaded, which reads the tables of that prepare); computed "
