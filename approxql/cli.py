@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--db", required=True, help="DuckDB database file")
     prep.add_argument("--by", required=True, help="comma-separated entity columns the feature queries filter on, "
                       "and optionally a time bucket, e.g. \"pair,date_trunc('hour', ts)\"")
+    prep.add_argument("--stratify", help="column (or expression) to stratify each group's samples on, e.g. the time "
+                      "of a reading in a cycle: reads then see the whole range in equal shares")
     prep.add_argument("--seed", type=int, default=0, help="seed of the random sample key (default: %(default)s)")
 
     check = sub.add_parser("check", help="validate a pipeline file (and its model and tables with --db)")
@@ -109,10 +111,11 @@ def _prepare(args) -> int:
     from .sampling import prepare
     _require_file(args.db)  # never create an empty database as a side effect
     by = [c.strip() for c in _split_top_level(args.by) if c.strip()]   # date_trunc('hour', ts) stays whole
-    print(f"preparing {args.table} (sorted by {', '.join(by)}, then a random key) ...", flush=True)
+    within = f"strata of {args.stratify} in" if args.stratify else "then"
+    print(f"preparing {args.table} (sorted by {', '.join(by)}, {within} a random key order) ...", flush=True)
     t0 = time.perf_counter()
     with duckdb.connect(args.db) as con:
-        prepared = prepare(con, args.table, by, seed=args.seed)
+        prepared = prepare(con, args.table, by, seed=args.seed, stratify=args.stratify)
     parts = (f" (a view over {prepared.slices} slice table{'s' if prepared.slices > 1 else ''})"
              if prepared.slices else "")
     print(f"wrote {prepared.copy}{parts}: {prepared.source_rows:,} rows in {time.perf_counter() - t0:.1f} s; "

@@ -40,10 +40,15 @@ def advance_many(engine: Engine, cur: duckdb.DuckDBPyConnection, items: Sequence
     items = [(s, s.reachable(p)) for s, p in items]
     exact = [s for s, p in items if p >= 1.0 or not c.sampled]
     sampled = [(s, p) for s, p in items if p < 1.0 and c.sampled]
-    if isinstance(c.source, PreparedSource) and len(sampled) >= BATCH_MIN:
-        exact += _prepared_many(engine, cur, c, sampled, types)
-    else:
-        for s, p in sampled:
+    joined = [(s, p) for s, p in sampled if not s.strata]   # a stratified read is one request's rows
+    if not (isinstance(c.source, PreparedSource) and len(joined) >= BATCH_MIN):
+        joined = []
+    if joined:
+        exact += _prepared_many(engine, cur, c, joined, types)
+    for s, p in sampled:
+        if s.strata:   # (its hint picks rows or sums per stratum, as the one-request driver's does)
+            s.advance(cur, p, matching=s.matching_hint)
+        elif not joined:
             s.advance(cur, p)
     for s, values in zip(exact, exact_many(engine, c.exact, c.exact_many, [s.params for s in exact], types)):
         s.set_exact(values)

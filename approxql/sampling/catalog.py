@@ -18,6 +18,12 @@ its UNION ALL, about 0.16 ms each on a read that finds nothing), except on a cop
 which every read scans directly. Because a later prepare drops the slices, a read of a slice
 that finds it gone fails rather than read another prepare's rows, and its staleness check is
 the source's row count alone, not a catalog lookup too.
+
+``stratify`` lays each group out so that a read by position is a stratified sample: every run of
+positions holds each of ``STRATA`` strata of the column (ranks of a reading's time in its cycle,
+say) in equal shares (``stratified_order``). Where the measurements trend along it, as a charge
+cycle's voltage does, an estimate's error is the spread inside strata, not along the whole trend
+(battery at 1e6 rows a request: a median request from 2.77x to 6.7x faster than exact).
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ from .base import quote
 CATALOG = "approxql_catalog"
 KEY = "__approxql_rnd"
 SLICE_ROWS = 1 << 26   # a larger copy is written as slices of at most about this many rows
+STRATA = 32            # strata per group of a copy prepared with ``stratify`` (see ``stratified_order``)
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,8 @@ class PreparedTable:
     source_rows: int
     prepared_at: dt.datetime
     slices: int = 0   # 0: the copy is one table (no ``by``, or an older prepare); else a view over slices
+    stratify: str | None = None   # the column (or expression) each group's positions are stratified on
+    strata: int = 0               # strata per group (0: positions are in key order)
 
     @property
     def relation(self) -> str:
@@ -83,8 +92,13 @@ def slice_prefix(copy: str) -> str:
     return f"{copy}__slice_"
 
 
-def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, seed: int = 0) -> PreparedTable:
+def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, seed: int = 0,
+            stratify: str | None = None) -> PreparedTable:
     """Write (or rewrite) the sample-ordered copy of ``table`` sorted by ``by`` then the key.
+
+    ``stratify`` (a column or expression, with ``by``): within each group, positions are laid out
+    so that every read by position is a stratified sample on it (``stratified_order``), e.g. the
+    time of a reading, along which a cycle's measurements trend.
 
     One transaction: a prepare the database refuses (a read-only database, a write-write conflict
     with a concurrent prepare) raises QueryError and changes nothing."""
@@ -95,6 +109,9 @@ def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, se
     with con.cursor() as cur:
         columns = _columns(cur, table)
         items = [_order_item(table, col, columns) for col in by]
+        if stratify is not None and not items:
+            raise OptionError("prepare: stratify needs by: strata are laid out within each group")
+        strat = None if stratify is None else _order_item(table, stratify, columns, what="stratify")
         if KEY in columns:
             raise OptionError(f"prepare: {table!r} already has a {KEY} column; prepare the source table, not a copy")
         copy = f"{table}__approxql_sample"
@@ -109,7 +126,10 @@ def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, se
         try:
             _ensure_catalog(cur)
             cur.execute(f"DROP TABLE IF EXISTS {quote(building)}")
-            cur.execute(f"CREATE TABLE {quote(building)} AS SELECT *, {key} AS {KEY} FROM {quote(table)} ORDER BY {order}")
+            if strat is None:
+                cur.execute(f"CREATE TABLE {quote(building)} AS SELECT *, {key} AS {KEY} FROM {quote(table)} ORDER BY {order}")
+            else:
+                cur.execute(f"CREATE TABLE {quote(building)} AS " + stratified_order(table, items, strat, key))
             rows = cur.execute(f"SELECT count(*) FROM {quote(building)}").fetchall()[0][0]
             _drop_copy(cur, copy)
             cuts = _slice_cuts(cur, building, items[0], rows) if items and rows > SLICE_ROWS else []
@@ -129,7 +149,9 @@ def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, se
                 cur.execute(f"CREATE VIEW {quote(copy)} AS " + " UNION ALL ".join(
                     f"SELECT * FROM {quote(slice_name(copy, now, i))}" for i in range(slices)))
             cur.execute(f"DELETE FROM {CATALOG} WHERE source = ?", [table])
-            cur.execute(f"INSERT INTO {CATALOG} VALUES (?, ?, ?, ?, ?, ?)", [table, copy, list(by), seed, rows, now])
+            cur.execute(f"INSERT INTO {CATALOG} (source, copy_table, by_columns, seed, source_rows, prepared_at, "
+                        f"stratify, strata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [table, copy, list(by), seed, rows, now, stratify, STRATA if stratify is not None else 0])
             cur.execute("COMMIT")
         except BaseException as e:
             _rollback(cur)
@@ -138,7 +160,29 @@ def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, se
                 raise QueryError(f"prepare {table!r} failed and changed nothing (the previous prepared copy, "
                                  f"if any, is still in use): {first}") from e
             raise
-    return PreparedTable(table, copy, tuple(by), seed, rows, now, slices=slices)
+    return PreparedTable(table, copy, tuple(by), seed, rows, now, slices=slices, stratify=stratify,
+                         strata=STRATA if stratify is not None else 0)
+
+
+def stratified_order(table: str, items: list[str], strat: str, key: str) -> str:
+    """The copy's rows, each group laid out for stratified reads by position. A group of N rows,
+    ranked by ``strat`` (ties by the key), is cut into STRATA strata of consecutive ranks (the
+    first N % STRATA one row larger); stratum h's rows, in key order, take positions h,
+    h + STRATA, h + 2 STRATA, ... So a run of positions holds each stratum's rows in equal shares
+    (give or take one), and within a stratum a run of its positions is a simple random sample:
+    a read by position is a stratified sample, and its stratum is its position modulo STRATA.
+    Along a trend (a charge cycle's voltage and temperature, a flight's phases) strata vary far
+    less inside than the whole group does, and so does the estimate."""
+    part = ", ".join(items)
+    h, n = STRATA, "__aq_n"
+    big = f"({n} % {h}) * ({n} // {h} + 1)"           # ranks held by the larger strata
+    return f"""WITH k AS (SELECT *, {key} AS {KEY} FROM {quote(table)}),
+        r AS (SELECT *, row_number() OVER (PARTITION BY {part} ORDER BY {strat}, {KEY}) - 1 AS __aq_r,
+                        count(*) OVER (PARTITION BY {part}) AS {n} FROM k),
+        s AS (SELECT *, CASE WHEN __aq_r < {big} THEN __aq_r // ({n} // {h} + 1)
+                             ELSE {n} % {h} + (__aq_r - {big}) // greatest({n} // {h}, 1) END AS __aq_h FROM r),
+        q AS (SELECT *, (row_number() OVER (PARTITION BY {part}, __aq_h ORDER BY {KEY}) - 1) * {h} + __aq_h AS __aq_q FROM s)
+        SELECT * EXCLUDE (__aq_r, {n}, __aq_h, __aq_q) FROM q ORDER BY {part}, __aq_q"""
 
 
 def _slice_cuts(cur, building: str, first_item: str, rows: int) -> list[int]:
@@ -176,12 +220,12 @@ VOLATILE = {"random", "uuid", "gen_random_uuid", "now", "current_timestamp", "cu
             "get_current_timestamp", "nextval", "currval", "setval", "setseed"}
 
 
-def _order_item(table: str, entry, columns: list[str]) -> str:
+def _order_item(table: str, entry, columns: list[str], what: str = "by") -> str:
     """One ORDER BY item of the copy: a column (quoted), or an expression of columns (anything
     with a parenthesis, e.g. ``date_trunc('hour', ts)``), parsed and rendered with quoted names:
     no subquery, aggregate, window, parameter or volatile function."""
     if not isinstance(entry, str):
-        raise OptionError(f"prepare: by must be column names or expressions (strings), got {entry!r}")
+        raise OptionError(f"prepare: {what} must be column names or expressions (strings), got {entry!r}")
     if "(" not in entry:
         if entry not in columns:
             hint = difflib.get_close_matches(entry, columns, n=1)
@@ -193,23 +237,23 @@ def _order_item(table: str, entry, columns: list[str]) -> str:
             raise sqlglot.errors.ParseError("unbalanced parentheses")
         tree = sqlglot.parse_one(entry, read="duckdb")
     except (sqlglot.errors.SqlglotError, RecursionError) as e:
-        raise OptionError(f"prepare: by expression {entry!r} is not valid SQL: {str(e).splitlines()[0][:200]}") from None
+        raise OptionError(f"prepare: {what} expression {entry!r} is not valid SQL: {str(e).splitlines()[0][:200]}") from None
     bad = next((n for n in tree.walk() if not isinstance(n, VALUE_NODES)
                 or isinstance(n, (exp.AggFunc, exp.Placeholder, exp.Parameter, exp.Star))), None)
     if bad is not None:
-        raise OptionError(f"prepare: by expression {entry!r} must be a plain expression of the table's columns "
+        raise OptionError(f"prepare: {what} expression {entry!r} must be a plain expression of the table's columns "
                           f"(no subquery, aggregate, window, parameter or *)")
     names = {f.name.lower() for f in tree.find_all(exp.Func) if isinstance(f, exp.Anonymous)} | \
         {f.sql_name().lower() for f in tree.find_all(exp.Func) if not isinstance(f, exp.Anonymous)}
     if names & VOLATILE or list(tree.find_all(exp.Rand)) or list(tree.find_all(exp.CurrentTimestamp)):
-        raise OptionError(f"prepare: by expression {entry!r} is not deterministic: the copy's order must be")
+        raise OptionError(f"prepare: {what} expression {entry!r} is not deterministic: the copy's order must be")
     cols = [c.name for c in tree.find_all(exp.Column)]
     if not cols:
-        raise OptionError(f"prepare: by expression {entry!r} reads no column of {table!r}")
+        raise OptionError(f"prepare: {what} expression {entry!r} reads no column of {table!r}")
     for c in cols:
         if c not in columns:
             hint = difflib.get_close_matches(c, columns, n=1)
-            raise OptionError(f"prepare: by expression {entry!r}: table {table!r} has no column {c!r}"
+            raise OptionError(f"prepare: {what} expression {entry!r}: table {table!r} has no column {c!r}"
                               + (f" (did you mean {hint[0]!r}?)" if hint else ""))
     return tree.sql("duckdb", identify=True)
 
@@ -228,24 +272,31 @@ def lookup(cur: duckdb.DuckDBPyConnection, table: str) -> PreparedTable | None:
     """The catalog entry for ``table``, if it was prepared (and its copy exists)."""
     if not cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [CATALOG]).fetchall()[0][0]:
         return None
-    rows = cur.execute(f"SELECT source, copy_table, by_columns, seed, source_rows, prepared_at FROM {CATALOG} "
+    has = {r[0] for r in cur.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = ?",
+                                     [CATALOG]).fetchall()}
+    strata = "stratify, strata" if "strata" in has else "NULL, 0"   # an older approxql's catalog
+    rows = cur.execute(f"SELECT source, copy_table, by_columns, seed, source_rows, prepared_at, {strata} FROM {CATALOG} "
                        f"WHERE lower(source) = lower(?)", [table]).fetchall()
     if not rows:
         return None
-    source, copy, by, seed, n, at = rows[0]
+    source, copy, by, seed, n, at, stratify, h = rows[0]
     if cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [copy]).fetchall()[0][0]:
         return PreparedTable(source, copy, tuple(by), seed, n, at)
     if not cur.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [copy]).fetchall()[0][0]:
         return None
     slices = cur.execute("SELECT count(*) FROM duckdb_tables() WHERE starts_with(table_name, ?)",
                          [slices_of(copy, at)]).fetchall()[0][0]
-    return PreparedTable(source, copy, tuple(by), seed, n, at, slices=slices)
+    return PreparedTable(source, copy, tuple(by), seed, n, at, slices=slices, stratify=stratify, strata=h or 0)
 
 
 def _ensure_catalog(cur) -> None:
     cur.execute(f"""CREATE TABLE IF NOT EXISTS {CATALOG} (
         source VARCHAR PRIMARY KEY, copy_table VARCHAR NOT NULL, by_columns VARCHAR[] NOT NULL, seed INTEGER NOT NULL,
-        source_rows BIGINT NOT NULL, prepared_at TIMESTAMP NOT NULL)""")
+        source_rows BIGINT NOT NULL, prepared_at TIMESTAMP NOT NULL, stratify VARCHAR, strata INTEGER NOT NULL DEFAULT 0)""")
+    has = {r[0] for r in cur.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [CATALOG]).fetchall()}
+    if "strata" not in has:   # a catalog an older approxql wrote gains the columns (its entries: not stratified)
+        cur.execute(f"ALTER TABLE {CATALOG} ADD COLUMN stratify VARCHAR")
+        cur.execute(f"ALTER TABLE {CATALOG} ADD COLUMN strata INTEGER DEFAULT 0")
 
 
 def _columns(cur, table: str) -> list[str]:

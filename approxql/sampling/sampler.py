@@ -21,6 +21,7 @@ from ..engines.duckdb import _first_line
 from ..errors import OptionError, QueryError
 from ..estimators import (Moments, covariance_from_jacobian, feature_covariance, quantile_estimate,
                           woodruff_quantile)
+from ..estimators.strata import StrataMoments
 from ..plan import FeatureQuery
 from .base import SampleSource, quote
 from .catalog import lookup
@@ -28,7 +29,7 @@ from .currency import is_current
 from .layout import MomentLayout, term_gradient
 from .exact import ExactSource
 from .exact_plan import ExactPlan, exact_plan
-from .prepared import PreparedSource, group_positions, offset_of
+from .prepared import PreparedSource, group_positions, offset_of, ranges_of
 from .support import CLUSTER_FACTOR, MIN_SUPPORT, beyond_group, pinned_groups, pinned_params, tail_support
 from .system import SystemSource
 from .terms import AggregatePlan, analyze, term_index
@@ -239,6 +240,9 @@ def _dry_run(con, c: CompiledQuery) -> str | None:
     if c.positions:
         stmts += [(c.source.increment_sql(c.plan, c.layout, 0.0, hi, terms, 1, seed=1, group=(-8, 4, 0)), True)
                   for hi in (0.25, 0.75)]
+        if c.source.prepared.strata:   # a stratified read's two forms, each with one range and two
+            stmts += [(form(c.plan, c.layout, 0.0, hi, seed=1, group=(-8, 4, 0)), True)
+                      for form in (c.source.rows_sql, c.source.strata_sql) for hi in (0.25, 0.75)]
     try:
         with con.cursor() as cur:
             for stmt, by_position in stmts:
@@ -267,14 +271,20 @@ class QuerySampler:
         self._value_terms = [t for t, term in enumerate(compiled.plan.terms) if term.is_quantile]
         self.min_support = compiled.support_for(self.params)
         self.group = compiled.positions_for(self.params)   # (first row id, rows, slice): read by position
+        source = compiled.source
+        # strata per group where reads by position are stratified samples (catalog.stratified_order)
+        self.strata = source.prepared.strata if isinstance(source, PreparedSource) and self.group is not None else 0
+        self.stratified: StrataMoments | None = None   # per-stratum moments read so far
 
     def reachable(self, p: float) -> float:
         """The fraction a read towards ``p`` reaches: by position, a whole number of the group's
-        rows and at least one more than read (1.0 once that is all of them); else ``p``."""
+        rows and at least one more than read (1.0 once that is all of them); else ``p``. A
+        stratified group's first read takes two rows of every stratum at least, the fewest that
+        show a stratum's spread."""
         if self.group is None or p >= 1.0 or p <= self.fraction:
             return p
         rows = self.group[1]
-        cut = max(round(p * rows), round(self.fraction * rows) + 1)
+        cut = max(round(p * rows), round(self.fraction * rows) + 1, 2 * self.strata)
         return 1.0 if cut >= rows else cut / rows
 
     @property
@@ -305,17 +315,23 @@ class QuerySampler:
             self.exact_values = self.engine.exact_features(self.c.exact_only, self.params, cur)
         inc = self.increment(p)
         bound = {k: self.params[k] for k in self.c.read_params(self.group is not None)}
-        rows = (isinstance(self.c.source, PreparedSource) and not inc.growing and matching is not None
-                and matching * (p - inc.lo) <= ROW_PATH_MAX)
-        if rows:
+        small = matching is not None and matching * (p - inc.lo) <= ROW_PATH_MAX
+        rows = isinstance(self.c.source, PreparedSource) and not inc.growing and small
+        if self.strata:
+            rows = rows or matching is None          # (a first read: a few thousand rows)
+            stmt = (self.c.source.rows_sql(self.c.plan, self.c.layout, inc.lo, inc.hi, seed=self.seed, group=self.group)
+                    if rows else self.c.source.strata_sql(self.c.plan, self.c.layout, inc.lo, inc.hi, seed=self.seed,
+                                                          group=self.group))
+        elif rows:
             stmt = self.c.source.rows_sql(self.c.plan, self.c.layout, inc.lo, inc.hi, seed=self.seed, group=self.group)
         else:
             stmt = self.c.source.increment_sql(self.c.plan, self.c.layout, inc.lo, p, list(inc.growing), inc.cap,
                                                seed=self.seed, group=self.group)
+        summed_strata = self.strata and not rows
 
         def read():
             res = cur.execute(stmt.sql, {**bound, **stmt.extra_params})
-            return res.fetchnumpy() if rows else res.fetchall()[0]
+            return res.fetchnumpy() if rows else (res.fetchall() if summed_strata else res.fetchall()[0])
 
         try:   # the check first, on the same cursor: it sees no later state than the read
             current = not self.needs_check() or is_current(cur, self.c.source.current_sql())
@@ -326,6 +342,8 @@ class QuerySampler:
             got, current = None, False   # its slice is gone: the copy was prepared again
         if not current:
             self.fall_back(self.stale_note())
+        elif self.strata:
+            self._take_strata(inc, got, summed=summed_strata)
         elif rows:
             moments = self.c.layout.moments_from_rows(list(got.values()))
             self._take(inc, moments, matching_seen=moments.n)
@@ -394,6 +412,27 @@ class QuerySampler:
             self.matching_hint = matching_seen / (inc.hi - inc.lo)
         nested = self.c.source.nested
         self.moments = moments if (self.moments is None or not nested) else self.moments.merge(moments)
+        self.fraction = inc.hi
+
+    def _take_strata(self, inc: "Increment", got, *, summed: bool) -> None:
+        """Merge a stratified read (its rows, whose row ids give their strata, or its sums per
+        stratum) and move to its fraction."""
+        h, layout = self.strata, self.c.layout
+        start, rows, _ = self.group
+        ranges = ranges_of(inc.lo, inc.hi, self.seed, self.group)
+        read = [(a - start, b - start) for a, b in ((ranges["__r1"], ranges["__s1"]), (ranges["__r2"], ranges["__s2"]))
+                if b > a]
+        if summed:
+            per = {int(row[0]): layout.moments(row[1:]) for row in got}
+            part = StrataMoments.from_strata(per, read, h, len(layout.columns))
+        else:
+            fetched = list(got.values())
+            rowid = np.asarray(fetched.pop(), dtype=np.int64)
+            part = StrataMoments.from_rows(layout.contribution_rows(fetched), rowid - start, read, h)
+        self.stratified = part if self.stratified is None else self.stratified.merge(part)
+        self.moments = self.stratified.moments(rows // h + (np.arange(h) < rows % h), inc.hi)
+        if part.r.sum():
+            self.matching_hint = float(part.r.sum()) / (inc.hi - inc.lo)
         self.fraction = inc.hi
 
     def set_exact(self, values: Mapping[str, Any]) -> None:
