@@ -47,7 +47,7 @@ def database(bp, scale: float, data: Path) -> Path:
         if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = '__check_done'").fetchall()[0][0]:
             print(f"  generating {bp.name} at scale {scale:g} in {path} ...", flush=True)
             bp.generate(con, scale, 0)
-            approxql.prepare(con, bp.table, by=list(bp.by))
+            approxql.prepare(con, bp.table, by=list(bp.by), stratify=bp.stratify)
             con.execute("CREATE TABLE __check_done AS SELECT 1 AS done")
             con.execute("CHECKPOINT")
     return path

@@ -134,13 +134,14 @@ def _databases(bp: BenchPipeline, data_dir: Path, scale: float, seed: int):
     ready = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = '__bench_done'").fetchall()[0][0]
     if not ready:
         bp.generate(con, scale, seed)
-        approxql.prepare(con, bp.table, by=list(bp.by))
+        approxql.prepare(con, bp.table, by=list(bp.by), stratify=bp.stratify)
         con.execute("CREATE TABLE __bench_done AS SELECT 1 AS done")
         con.execute("CHECKPOINT")
         fast_path.unlink(missing_ok=True)
     elif ((prepared := lookup(con.cursor(), bp.table)) is None or prepared.by != bp.by   # e.g. by changed
+          or prepared.stratify != bp.stratify
           or (bp.by and not prepared.slices)):   # an older approxql's one-table copy
-        approxql.prepare(con, bp.table, by=list(bp.by))
+        approxql.prepare(con, bp.table, by=list(bp.by), stratify=bp.stratify)
     if not fast_path.exists():
         tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE table_name NOT LIKE "
                                             "'%__approxql_sample%' AND table_name NOT IN ('approxql_catalog', "

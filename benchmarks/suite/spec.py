@@ -34,6 +34,7 @@ class BenchPipeline:
     load: Optional[Callable[[duckdb.DuckDBPyConnection, Path], None]] = None
     file_format: str = ""                # the original data's format, for the loader's docstring
     train: int = 1500
+    stratify: Optional[str] = None      # prepare(..., stratify=...): what each group's reads are stratified on
 
     @property
     def sql_path(self) -> Path:

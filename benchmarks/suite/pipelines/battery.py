@@ -170,7 +170,7 @@ def load(con: duckdb.DuckDBPyConnection, path: Path) -> None:
 
 PIPELINE = BenchPipeline(
     name="battery_rul", task="regression", table="charge_readings", by=("battery", "cycle"),
-    order=("battery", "cycle", "t"), generate=generate, load=load,
+    order=("battery", "cycle", "t"), stratify="t", generate=generate, load=load,
     file_format="NASA PCoE battery data, the CSV export (metadata.csv + data/NNNNN.csv per test)",
     make_model=lambda: GradientBoostingRegressor(n_estimators=150, max_depth=3, learning_rate=0.1, random_state=0),
     rows_per_request="readings of one charge cycle before t: ~1e5 at scale 1 (~5e4 to ~1.7e5), x scale",
