@@ -13,9 +13,10 @@ from approxql.pipeline_file import parse_pipeline
 from approxql.sampling import QuerySampler, compile_query, prepare
 from approxql.sampling.batch import BATCH_MIN, advance_many
 from approxql.sampling.catalog import CATALOG, STRATA, lookup
+from approxql.sampling.prepared import offset_of, ranges_of
 
 HEADER = "-- name: t\n-- model: m.onnx\n-- task: regression\n-- params: c INTEGER, lim DOUBLE\n-- inputs: a\n"
-SIZES = (100_003, 40_000, 20)   # rows per cycle: not a multiple of STRATA, and one smaller than STRATA
+SIZES = (100_003, 40_000, 20, 150)   # rows per cycle: not a multiple of STRATA, one smaller than STRATA
 
 
 def query(items: str, where: str = "c = $c AND t < $lim"):
@@ -131,18 +132,27 @@ def test_stratified_reads_cover_at_the_nominal_rate_and_are_far_narrower(con, tm
     assert stderr["t"] * 10 < stderr[None], stderr
 
 
-def test_a_first_read_takes_two_rows_of_every_stratum(con):
+def test_a_first_read_leaves_every_stratum_two_rows_even_where_it_wraps(con):
+    """Three rows a stratum: a run of positions that wraps round a group whose size is no multiple
+    of STRATA still holds two of every stratum (with two a stratum, some held one). Groups of
+    fewer rows are computed exactly."""
     compiled = compile_query(DuckDBEngine(con), con, query("AVG(v) AS a"), strategy="prepared")
-    sampler = QuerySampler(compiled, DuckDBEngine(con), {"c": 1, "lim": 1e9}, seed=5)
-    assert sampler.reachable(0.0001) == 2 * STRATA / SIZES[1]
+    wrapped = 0
     with con.cursor() as cur:
-        sampler.advance(cur, 0.0001)
-    assert sampler.stratified.n.min() == 2 and sampler.moments.n == 2 * STRATA
-    tiny = QuerySampler(compiled, DuckDBEngine(con), {"c": 2, "lim": 1e9}, seed=5)   # 20 rows < 2 * STRATA
+        for c in (0, 3):
+            for seed in range(60):
+                sampler = QuerySampler(compiled, DuckDBEngine(con), {"c": c, "lim": 1e9}, seed=seed)
+                assert sampler.reachable(1e-6) == 3 * STRATA / SIZES[c]
+                sampler.advance(cur, 1e-6)
+                assert sampler.stratified.n.min() >= 2 and sampler.stratified.n.sum() == 3 * STRATA
+                a = int(offset_of(seed) * SIZES[c])
+                wrapped += a + 3 * STRATA > SIZES[c]
+    assert wrapped >= 3      # some of them wrapped round their group
+    tiny = QuerySampler(compiled, DuckDBEngine(con), {"c": 2, "lim": 1e9}, seed=5)   # 20 rows < 3 * STRATA
     assert tiny.reachable(0.1) == 1.0
 
 
-@pytest.mark.parametrize("seed", [0, 7])
+@pytest.mark.parametrize("seed", [0, 7, 1])   # seed 1 starts at 0.618 of the group: its reads wrap round
 def test_nested_stratified_reads_equal_one_read(con, seed):
     q = query("AVG(v) AS a, STDDEV(w) AS sw")
     compiled = compile_query(DuckDBEngine(con), con, q, strategy="prepared")
@@ -150,9 +160,9 @@ def test_nested_stratified_reads_equal_one_read(con, seed):
     steps, once = QuerySampler(compiled, DuckDBEngine(con), params, seed=seed), \
         QuerySampler(compiled, DuckDBEngine(con), params, seed=seed)
     with con.cursor() as cur:
-        for p in (0.004, 0.01, 0.03):
+        for p in (0.004, 0.01, 0.03, 0.5):
             steps.advance(cur, p)
-        once.advance(cur, 0.03)
+        once.advance(cur, 0.5)
     a, b = steps.result(), once.result()
     assert a.fraction == b.fraction
     for f in q.features:
@@ -211,20 +221,39 @@ def test_cli_prepare_stratifies(tmp_path):
         assert c.execute(f"SELECT stratify, strata FROM {CATALOG}").fetchall() == [("t", STRATA)]
 
 
-def test_a_large_read_summed_per_stratum_equals_its_rows(con):
-    """A read too large to fetch is summed by DuckDB stratum by stratum, to the same estimates
-    as fetching its rows (with the full covariance of both: five columns)."""
+def test_a_large_read_summed_per_stratum_equals_its_rows(con, monkeypatch):
+    """A read of more positions than the row path takes is summed by DuckDB stratum by stratum,
+    to the same estimates as fetching its rows (with the full covariance of both: five columns)."""
     q = query("AVG(v) AS a, STDDEV(v) AS sd, COUNT(*) AS n")
-    compiled = compile_query(DuckDBEngine(con), con, q, strategy="prepared")
     params = {"c": 0, "lim": 80_000.0}
-    fetched, summed = (QuerySampler(compiled, DuckDBEngine(con), params, seed=11) for _ in range(2))
-    with con.cursor() as cur:
-        for p in (0.01, 0.45):
-            fetched.advance(cur, p)                        # no estimate of the matching rows: rows
-            summed.advance(cur, p, matching=1e9 if p > 0.01 else None)
-    assert {k[0] for k in compiled.source._sql if isinstance(k[0], str)} == {"rows", "strata"}   # both ways read
-    a, b = fetched.result(), summed.result()
+
+    def read(row_path_max: int):
+        monkeypatch.setattr("approxql.sampling.sampler.ROW_PATH_MAX", row_path_max)
+        compiled = compile_query(DuckDBEngine(con), con, q, strategy="prepared")
+        summed, strata_sql = [], compiled.source.strata_sql
+        compiled.source.strata_sql = lambda *a, **k: summed.append(a[3]) or strata_sql(*a, **k)
+        sampler = QuerySampler(compiled, DuckDBEngine(con), params, seed=11)
+        with con.cursor() as cur:
+            for p in (0.01, 0.45):
+                sampler.advance(cur, p)
+        return summed, sampler.result()
+    (fetched, a), (summed, b) = read(10 ** 9), read(25_000)
+    assert fetched == [] and summed == [pytest.approx(0.45, abs=1e-4)]   # the second read (44,000 positions) summed
     for f in q.features:
         assert a.values[f] == pytest.approx(b.values[f], rel=1e-9)
         assert a.stderr[f] == pytest.approx(b.stderr[f], rel=1e-6)
-    assert b.stderr["a"] > 0
+    assert b.stderr["a"] > 0 and a.support == b.support
+
+
+def test_support_counts_the_rows_read(con):
+    """A stratified sample's support is the sampled rows that count (w not NULL), not its
+    estimate of the group's total scaled back."""
+    compiled = compile_query(DuckDBEngine(con), con, query("AVG(w) AS a"), strategy="prepared")
+    sampler = QuerySampler(compiled, DuckDBEngine(con), {"c": 3, "lim": 1e9}, seed=1)
+    with con.cursor() as cur:
+        sampler.advance(cur, 0.7)
+    r = ranges_of(0.0, sampler.fraction, 1, sampler.group)
+    counted = con.execute(f"SELECT count(w) FROM {lookup(con, 'r').table(sampler.group[2])} WHERE "
+                          "(rowid >= $a AND rowid < $b) OR (rowid >= $c AND rowid < $d)",
+                          {"a": r["__r1"], "b": r["__s1"], "c": r["__r2"], "d": r["__s2"]}).fetchall()[0][0]
+    assert 90 < counted < 105 and sampler.result().support == counted

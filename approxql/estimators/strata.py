@@ -34,8 +34,8 @@ class StrataMoments:
         in ``strata`` strata (position q is in stratum q mod strata): ``z`` (r, k) holds the
         contribution rows of the positions ``position`` (r,) that matched; the others are zero
         vectors. The rows are scattered into a (stratum, slot) grid, zeros elsewhere, and summed
-        stratum by stratum in one batched product (0.09 ms for 2,000 rows of 16 columns, against
-        0.5 ms for a loop over the strata), after centring on their mean: the sums are raw, and
+        stratum by stratum in one batched product (0.29 ms a read of 2,000 rows of 16 columns,
+        against 0.51 ms for a loop over the strata), after centring on their mean: the sums are raw, and
         centring keeps them from cancelling where a trend spans the group."""
         h = strata
         position = np.asarray(position, dtype=np.int64)

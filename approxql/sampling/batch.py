@@ -46,9 +46,7 @@ def advance_many(engine: Engine, cur: duckdb.DuckDBPyConnection, items: Sequence
     if joined:
         exact += _prepared_many(engine, cur, c, joined, types)
     for s, p in sampled:
-        if s.strata:   # (its hint picks rows or sums per stratum, as the one-request driver's does)
-            s.advance(cur, p, matching=s.matching_hint)
-        elif not joined:
+        if s.strata or not joined:
             s.advance(cur, p)
     for s, values in zip(exact, exact_many(engine, c.exact, c.exact_many, [s.params for s in exact], types)):
         s.set_exact(values)

@@ -169,8 +169,9 @@ def stratified_order(table: str, items: list[str], strat: str, key: str) -> str:
     ranked by ``strat`` (ties by the key), is cut into STRATA strata of consecutive ranks (the
     first N % STRATA one row larger); stratum h's rows, in key order, take positions h,
     h + STRATA, h + 2 STRATA, ... So a run of positions holds each stratum's rows in equal shares
-    (give or take one), and within a stratum a run of its positions is a simple random sample:
-    a read by position is a stratified sample, and its stratum is its position modulo STRATA.
+    (give or take one; two where it wraps round the group), and within a stratum a run of its
+    positions is a simple random sample: a read by position is a stratified sample, and its
+    stratum is its position modulo STRATA. NULLs of ``strat`` rank last.
     Along a trend (a charge cycle's voltage and temperature, a flight's phases) strata vary far
     less inside than the whole group does, and so does the estimate."""
     part = ", ".join(items)
@@ -281,7 +282,7 @@ def lookup(cur: duckdb.DuckDBPyConnection, table: str) -> PreparedTable | None:
         return None
     source, copy, by, seed, n, at, stratify, h = rows[0]
     if cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [copy]).fetchall()[0][0]:
-        return PreparedTable(source, copy, tuple(by), seed, n, at)
+        return PreparedTable(source, copy, tuple(by), seed, n, at, stratify=stratify, strata=h or 0)
     if not cur.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [copy]).fetchall()[0][0]:
         return None
     slices = cur.execute("SELECT count(*) FROM duckdb_tables() WHERE starts_with(table_name, ?)",

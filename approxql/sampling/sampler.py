@@ -279,12 +279,14 @@ class QuerySampler:
     def reachable(self, p: float) -> float:
         """The fraction a read towards ``p`` reaches: by position, a whole number of the group's
         rows and at least one more than read (1.0 once that is all of them); else ``p``. A
-        stratified group's first read takes two rows of every stratum at least, the fewest that
-        show a stratum's spread."""
+        stratified group's first read takes three rows per stratum: any run of that many
+        positions, one that wraps round the group too, holds two rows of every stratum at least,
+        the fewest that show a stratum's spread (two per stratum would not: a run that wraps
+        round a group of 100,003 rows left three strata one row each)."""
         if self.group is None or p >= 1.0 or p <= self.fraction:
             return p
         rows = self.group[1]
-        cut = max(round(p * rows), round(self.fraction * rows) + 1, 2 * self.strata)
+        cut = max(round(p * rows), round(self.fraction * rows) + 1, 3 * self.strata)
         return 1.0 if cut >= rows else cut / rows
 
     @property
@@ -317,8 +319,8 @@ class QuerySampler:
         bound = {k: self.params[k] for k in self.c.read_params(self.group is not None)}
         small = matching is not None and matching * (p - inc.lo) <= ROW_PATH_MAX
         rows = isinstance(self.c.source, PreparedSource) and not inc.growing and small
-        if self.strata:
-            rows = rows or matching is None          # (a first read: a few thousand rows)
+        if self.strata:   # the positions it reads are known: every driver picks the same form
+            rows = (inc.hi - inc.lo) * self.group[1] <= ROW_PATH_MAX
             stmt = (self.c.source.rows_sql(self.c.plan, self.c.layout, inc.lo, inc.hi, seed=self.seed, group=self.group)
                     if rows else self.c.source.strata_sql(self.c.plan, self.c.layout, inc.lo, inc.hi, seed=self.seed,
                                                           group=self.group))
@@ -574,6 +576,8 @@ class QuerySampler:
             return sum(len(v) for v in self.values.get(t, []))
         if self.moments is None or self.moments.n == 0:
             return 0
+        if self.stratified is not None:   # (its moments' total is an estimate, not a count)
+            return int(round(self.stratified.n @ self.stratified.mean[:, slot.nn]))
         return int(round(self.moments.total[slot.nn]))
 
 
