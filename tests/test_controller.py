@@ -1,7 +1,7 @@
 """The controller on synthetic pipelines: the guarantee, what it refines, when it stops."""
 from __future__ import annotations
 
-
+import duckdb
 import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression
@@ -286,3 +286,24 @@ def test_a_regression_answers_with_the_centre_of_the_window_holding_most_draws()
     assert got.value == 0.0 and got.probability == pytest.approx(115 / 128)
     labels = ModelOutput(np.r_[1, np.zeros(200, dtype=int), np.ones(56, dtype=int)])
     assert judge(labels, task="classification", delta=None, centred=True).value == 1   # the point's label
+
+
+def test_a_round_that_does_not_raise_the_probability_is_followed_by_exact(world, monkeypatch):
+    """Where the model steps at the features' true values (a split of its trees), a larger sample
+    does not raise the probability: once a judged round is no higher than the one before, the
+    next round computes exactly, where a round that did raise it goes on sampling."""
+    from approxql.controller import run as run_module
+    from approxql.controller.propagation import Propagation
+    pipe = make_pipeline(world, "linear")
+    request = world["requests"].to_pylist()[0]
+    for script in ((0.70, 0.80, 0.75), (0.70, 0.80, 0.97)):
+        given = iter(script)
+        monkeypatch.setattr(run_module, "judge", lambda out, **kw: Propagation(next(given), float(out.values[0])))
+        pred = pipe.predict(request, seed=1, learn=False, initial_fraction=0.002)
+        judged = [h["probability"] for h in pred.history if h.get("probability") is not None]
+        assert judged == list(script), pred.history
+        if script[-1] < 0.95:   # no higher than the round before: the next round, the last, is exact
+            assert pred.history[-2]["probability"] == 0.75 and pred.exact
+            assert set(pred.history[-1]["fractions"].values()) == {1.0}
+        else:                   # each round higher: sampling went on, and the third judged round met the bound
+            assert pred.history[-1]["probability"] == 0.97 and not pred.exact
