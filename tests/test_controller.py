@@ -49,10 +49,10 @@ def test_an_ignored_feature_is_never_refined(world):
 
 @pytest.mark.timing_choices
 def test_whole_request_latencies_choose_exact_at_once(world):
-    from approxql.controller.costs import ARM_MIN
+    from approxql.controller.costs import ARM_MIN, ARM_WARMUP
     pipe = make_pipeline(world, "gbdt")
     r = world["requests"].to_pylist()[3]
-    for _ in range(ARM_MIN + 1):                             # (a pipeline's first request is not counted)
+    for _ in range(ARM_WARMUP + ARM_MIN):                    # (a pipeline's first requests are not counted)
         pipe.costs.record_request(False, 9.0)                # sampled requests have been slow ...
     for _ in range(3):
         pipe.costs.record_request(True, 2.0)                 # ... and exact at once fast

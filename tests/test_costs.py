@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from approxql.controller.costs import ARM_MIN, EXPLORE, FAR_EXPLORE, Arms, CostBook, CostLog, OnlineCost
+from approxql.controller.costs import ARM_MIN, ARM_WARMUP, EXPLORE, FAR_EXPLORE, Arms, CostBook, CostLog, OnlineCost
+
+SKIP = ARM_WARMUP - 1   # requests after the first that teach neither way either
 
 pytestmark = pytest.mark.timing_choices   # constructed latencies: the choice itself is under test
 
@@ -21,7 +23,7 @@ def serve(arms: Arms, sampled_ms: float, exact_ms: float, n: int) -> list[bool]:
 def test_sampling_is_kept_while_it_is_cheaper():
     arms = Arms()
     chosen = serve(arms, sampled_ms=2.0, exact_ms=3.0, n=200)
-    first = ARM_MIN + 1                                     # (a pipeline's first request is not counted)
+    first = ARM_WARMUP + ARM_MIN                            # (a pipeline's first requests are not counted)
     assert chosen[:first] == [False] * first                # sampling first
     assert chosen[first:first + 3] == [True] * 3            # then exact is measured
     later = chosen[first + 3:]
@@ -32,7 +34,7 @@ def test_sampling_is_kept_while_it_is_cheaper():
 def test_exact_wins_when_sampling_costs_more():
     arms = Arms()
     chosen = serve(arms, sampled_ms=12.0, exact_ms=10.0, n=200)
-    later = chosen[ARM_MIN + 3:]
+    later = chosen[SKIP + ARM_MIN + 3:]
     retried = len(later) - sum(later)
     assert retried in (len(later) // (EXPLORE + 1), len(later) // (EXPLORE + 1) + 1)   # sampling retried, rarely
 
@@ -42,7 +44,7 @@ def test_a_far_dearer_way_is_tried_more_rarely():
     request three times over, so it comes once in FAR_EXPLORE requests, not EXPLORE."""
     arms = Arms()
     chosen = serve(arms, sampled_ms=9.0, exact_ms=3.0, n=600)
-    later = chosen[ARM_MIN + 4:]
+    later = chosen[SKIP + ARM_MIN + 4:]
     retried = len(later) - sum(later)
     assert retried in (len(later) // (FAR_EXPLORE + 1), len(later) // (FAR_EXPLORE + 1) + 1), retried
 
@@ -72,10 +74,11 @@ def test_the_choice_follows_a_change_in_costs():
     assert not any(chosen[switched + 9:])                       # it wins within a few tries, and stays
 
 
-def test_a_pipelines_first_request_teaches_neither_way():
-    """It pays one-time costs (the model's first run) that are not its way's."""
+def test_a_pipelines_first_requests_teach_neither_way():
+    """They pay one-time costs (the model's first run, cold reads) that are not their way's."""
     arms = Arms()
-    arms.add(False, 40.0)
+    for _ in range(ARM_WARMUP):
+        arms.add(False, 40.0)
     for _ in range(ARM_MIN):
         arms.add(False, 3.0)
     for _ in range(3):
@@ -88,7 +91,8 @@ def test_one_costly_sampled_request_does_not_flip_a_clear_choice():
     """Sampled requests that mostly stop in one cheap round: one that took many rounds moves the
     mean of the last ARM_MEMORY requests by a fraction of its cost, not past exact's."""
     arms = Arms()
-    arms.add(False, 1.0)
+    for _ in range(ARM_WARMUP):
+        arms.add(False, 1.0)
     for i in range(40):
         arms.add(False, 3.0)
     for _ in range(3):
@@ -125,11 +129,11 @@ def test_a_query_started_exact_on_cost_is_sampled_again_now_and_then():
 
 def test_snapshot_copies_the_arms():
     book = CostBook()
-    for _ in range(ARM_MIN):
+    for _ in range(ARM_WARMUP + ARM_MIN):
         book.record_request(False, 5.0)
     snap = book.snapshot()
     book.record_request(True, 1.0)
-    assert snap.arms.served == ARM_MIN and book.arms.served == ARM_MIN + 1
+    assert snap.arms.served == ARM_WARMUP + ARM_MIN and book.arms.served == ARM_WARMUP + ARM_MIN + 1
     assert list(snap.arms.exact) == [] and list(book.arms.exact) == [1.0]
 
 
