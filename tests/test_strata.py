@@ -12,7 +12,7 @@ from approxql.estimators.strata import StrataMoments
 from approxql.pipeline_file import parse_pipeline
 from approxql.sampling import QuerySampler, compile_query, prepare
 from approxql.sampling.batch import BATCH_MIN, advance_many
-from approxql.sampling.catalog import CATALOG, STRATA, lookup
+from approxql.sampling.catalog import CATALOG, STRATA, lookup, stratum_sizes
 from approxql.sampling.prepared import offset_of, ranges_of
 
 HEADER = "-- name: t\n-- model: m.onnx\n-- task: regression\n-- params: c INTEGER, lim DOUBLE\n-- inputs: a\n"
@@ -57,7 +57,7 @@ def test_each_stratum_takes_every_strata_th_position_of_its_group(con):
         rank = np.argsort(np.argsort(got["t"][mine], kind="stable"), kind="stable")
         h = q % STRATA
         sizes = np.bincount(h, minlength=STRATA)
-        assert list(sizes) == [n // STRATA + (i < n % STRATA) for i in range(STRATA)]
+        assert list(sizes) == [n // STRATA + (i < n % STRATA) for i in range(STRATA)] == list(stratum_sizes(n, STRATA))
         edges = np.cumsum(sizes)
         assert np.array_equal(np.searchsorted(edges, rank, side="right"), h)   # rank order = stratum order
 

@@ -41,13 +41,11 @@ def advance_many(engine: Engine, cur: duckdb.DuckDBPyConnection, items: Sequence
     exact = [s for s, p in items if p >= 1.0 or not c.sampled]
     sampled = [(s, p) for s, p in items if p < 1.0 and c.sampled]
     joined = [(s, p) for s, p in sampled if not s.strata]   # a stratified read is one request's rows
-    if not (isinstance(c.source, PreparedSource) and len(joined) >= BATCH_MIN):
-        joined = []
-    if joined:
+    if isinstance(c.source, PreparedSource) and len(joined) >= BATCH_MIN:
         exact += _prepared_many(engine, cur, c, joined, types)
+        sampled = [(s, p) for s, p in sampled if s.strata]
     for s, p in sampled:
-        if s.strata or not joined:
-            s.advance(cur, p)
+        s.advance(cur, p)
     for s, values in zip(exact, exact_many(engine, c.exact, c.exact_many, [s.params for s in exact], types)):
         s.set_exact(values)
 

@@ -112,6 +112,7 @@ def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, se
         if stratify is not None and not items:
             raise OptionError("prepare: stratify needs by: strata are laid out within each group")
         strat = None if stratify is None else _order_item(table, stratify, columns, what="stratify")
+        strata = STRATA if stratify is not None else 0
         if KEY in columns:
             raise OptionError(f"prepare: {table!r} already has a {KEY} column; prepare the source table, not a copy")
         copy = f"{table}__approxql_sample"
@@ -151,7 +152,7 @@ def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, se
             cur.execute(f"DELETE FROM {CATALOG} WHERE source = ?", [table])
             cur.execute(f"INSERT INTO {CATALOG} (source, copy_table, by_columns, seed, source_rows, prepared_at, "
                         f"stratify, strata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [table, copy, list(by), seed, rows, now, stratify, STRATA if stratify is not None else 0])
+                        [table, copy, list(by), seed, rows, now, stratify, strata])
             cur.execute("COMMIT")
         except BaseException as e:
             _rollback(cur)
@@ -160,8 +161,7 @@ def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, se
                 raise QueryError(f"prepare {table!r} failed and changed nothing (the previous prepared copy, "
                                  f"if any, is still in use): {first}") from e
             raise
-    return PreparedTable(table, copy, tuple(by), seed, rows, now, slices=slices, stratify=stratify,
-                         strata=STRATA if stratify is not None else 0)
+    return PreparedTable(table, copy, tuple(by), seed, rows, now, slices=slices, stratify=stratify, strata=strata)
 
 
 def stratified_order(table: str, items: list[str], strat: str, key: str) -> str:
@@ -184,6 +184,11 @@ def stratified_order(table: str, items: list[str], strat: str, key: str) -> str:
                              ELSE {n} % {h} + (__aq_r - {big}) // greatest({n} // {h}, 1) END AS __aq_h FROM r),
         q AS (SELECT *, (row_number() OVER (PARTITION BY {part}, __aq_h ORDER BY {KEY}) - 1) * {h} + __aq_h AS __aq_q FROM s)
         SELECT * EXCLUDE (__aq_r, {n}, __aq_h, __aq_q) FROM q ORDER BY {part}, __aq_q"""
+
+
+def stratum_sizes(rows: int, strata: int) -> np.ndarray:
+    """Rows of each stratum of a group of ``rows`` laid out by ``stratified_order``."""
+    return rows // strata + (np.arange(strata) < rows % strata)
 
 
 def _slice_cuts(cur, building: str, first_item: str, rows: int) -> list[int]:
@@ -273,9 +278,7 @@ def lookup(cur: duckdb.DuckDBPyConnection, table: str) -> PreparedTable | None:
     """The catalog entry for ``table``, if it was prepared (and its copy exists)."""
     if not cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [CATALOG]).fetchall()[0][0]:
         return None
-    has = {r[0] for r in cur.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = ?",
-                                     [CATALOG]).fetchall()}
-    strata = "stratify, strata" if "strata" in has else "NULL, 0"   # an older approxql's catalog
+    strata = "stratify, strata" if "strata" in _catalog_columns(cur) else "NULL, 0"   # an older approxql's catalog
     rows = cur.execute(f"SELECT source, copy_table, by_columns, seed, source_rows, prepared_at, {strata} FROM {CATALOG} "
                        f"WHERE lower(source) = lower(?)", [table]).fetchall()
     if not rows:
@@ -294,10 +297,13 @@ def _ensure_catalog(cur) -> None:
     cur.execute(f"""CREATE TABLE IF NOT EXISTS {CATALOG} (
         source VARCHAR PRIMARY KEY, copy_table VARCHAR NOT NULL, by_columns VARCHAR[] NOT NULL, seed INTEGER NOT NULL,
         source_rows BIGINT NOT NULL, prepared_at TIMESTAMP NOT NULL, stratify VARCHAR, strata INTEGER NOT NULL DEFAULT 0)""")
-    has = {r[0] for r in cur.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [CATALOG]).fetchall()}
-    if "strata" not in has:   # a catalog an older approxql wrote gains the columns (its entries: not stratified)
+    if "strata" not in _catalog_columns(cur):   # a catalog an older approxql wrote gains the columns (its entries: not stratified)
         cur.execute(f"ALTER TABLE {CATALOG} ADD COLUMN stratify VARCHAR")
         cur.execute(f"ALTER TABLE {CATALOG} ADD COLUMN strata INTEGER DEFAULT 0")
+
+
+def _catalog_columns(cur) -> set[str]:
+    return {r[0] for r in cur.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [CATALOG]).fetchall()}
 
 
 def _columns(cur, table: str) -> list[str]:

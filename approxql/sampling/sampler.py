@@ -24,7 +24,7 @@ from ..estimators import (Moments, covariance_from_jacobian, feature_covariance,
 from ..estimators.strata import StrataMoments
 from ..plan import FeatureQuery
 from .base import SampleSource, quote
-from .catalog import lookup
+from .catalog import lookup, stratum_sizes
 from .currency import is_current
 from .layout import MomentLayout, term_gradient
 from .exact import ExactSource
@@ -317,23 +317,23 @@ class QuerySampler:
             self.exact_values = self.engine.exact_features(self.c.exact_only, self.params, cur)
         inc = self.increment(p)
         bound = {k: self.params[k] for k in self.c.read_params(self.group is not None)}
-        small = matching is not None and matching * (p - inc.lo) <= ROW_PATH_MAX
-        rows = isinstance(self.c.source, PreparedSource) and not inc.growing and small
         if self.strata:   # the positions it reads are known: every driver picks the same form
             rows = (inc.hi - inc.lo) * self.group[1] <= ROW_PATH_MAX
-            stmt = (self.c.source.rows_sql(self.c.plan, self.c.layout, inc.lo, inc.hi, seed=self.seed, group=self.group)
-                    if rows else self.c.source.strata_sql(self.c.plan, self.c.layout, inc.lo, inc.hi, seed=self.seed,
-                                                          group=self.group))
-        elif rows:
-            stmt = self.c.source.rows_sql(self.c.plan, self.c.layout, inc.lo, inc.hi, seed=self.seed, group=self.group)
+        else:
+            rows = (isinstance(self.c.source, PreparedSource) and not inc.growing and matching is not None
+                    and matching * (p - inc.lo) <= ROW_PATH_MAX)
+        if rows or self.strata:   # rows, or a stratified read's sums per stratum
+            form = self.c.source.rows_sql if rows else self.c.source.strata_sql
+            stmt = form(self.c.plan, self.c.layout, inc.lo, inc.hi, seed=self.seed, group=self.group)
         else:
             stmt = self.c.source.increment_sql(self.c.plan, self.c.layout, inc.lo, p, list(inc.growing), inc.cap,
                                                seed=self.seed, group=self.group)
-        summed_strata = self.strata and not rows
 
         def read():
             res = cur.execute(stmt.sql, {**bound, **stmt.extra_params})
-            return res.fetchnumpy() if rows else (res.fetchall() if summed_strata else res.fetchall()[0])
+            if rows:
+                return res.fetchnumpy()
+            return res.fetchall() if self.strata else res.fetchall()[0]
 
         try:   # the check first, on the same cursor: it sees no later state than the read
             current = not self.needs_check() or is_current(cur, self.c.source.current_sql())
@@ -345,7 +345,7 @@ class QuerySampler:
         if not current:
             self.fall_back(self.stale_note())
         elif self.strata:
-            self._take_strata(inc, got, summed=summed_strata)
+            self._take_strata(inc, got, summed=not rows)
         elif rows:
             moments = self.c.layout.moments_from_rows(list(got.values()))
             self._take(inc, moments, matching_seen=moments.n)
@@ -432,7 +432,7 @@ class QuerySampler:
             rowid = np.asarray(fetched.pop(), dtype=np.int64)
             part = StrataMoments.from_rows(layout.contribution_rows(fetched), rowid - start, read, h)
         self.stratified = part if self.stratified is None else self.stratified.merge(part)
-        self.moments = self.stratified.moments(rows // h + (np.arange(h) < rows % h), inc.hi)
+        self.moments = self.stratified.moments(stratum_sizes(rows, h), inc.hi)
         if part.r.sum():
             self.matching_hint = float(part.r.sum()) / (inc.hi - inc.lo)
         self.fraction = inc.hi
