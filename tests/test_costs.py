@@ -1,6 +1,8 @@
 """Choosing between sampling and exact at once from whole-request latencies."""
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from approxql.controller.costs import ARM_MIN, ARM_WARMUP, EXPLORE, FAR_EXPLORE, Arms, CostBook, CostLog, OnlineCost
@@ -74,6 +76,33 @@ def test_the_choice_follows_a_change_in_costs():
     assert not any(chosen[switched + 9:])                       # it wins within a few tries, and stays
 
 
+def test_a_cluster_of_costly_sampled_requests_early_on_does_not_lock_sampling_out():
+    """battery at scale 1, as measured: right after the warm-up, sampled requests that happened to
+    need many rounds (mean 13.5 ms) while exact at once ran cold (17, 9, 13 ms); later, sampled
+    requests mostly stop in one 4 ms round (mean 6.9) against exact's 9.2. Plain means of the
+    last 64 kept 88 % of the run exact at once."""
+    rng = random.Random(7)
+    arms = Arms()
+    for _ in range(ARM_WARMUP):
+        arms.add(False, 4.0)
+    early = iter([7.5, 4.0, 9.8, 4.3, 4.5, 7.5, 7.4, 8.0, 8.0, 15.1, 6.7, 25.9, 7.0, 39.5, 37.7, 22.7])
+    cold = iter([17.0, 9.0, 13.0])
+    chosen = []
+    for i in range(300):
+        exact, _ = arms.exact_pays()
+        if exact:
+            ms = next(cold, None) or rng.gauss(9.2, 0.8)
+        else:
+            u = rng.random()
+            ms = next(early, None) or (rng.gauss(4.0, 0.3) if u < 0.65 else rng.gauss(7.5, 1.0) if u < 0.85
+                                       else rng.uniform(12.0, 27.0))
+        chosen.append(exact)
+        arms.add(exact, ms)
+    later = chosen[100:]
+    assert sum(later) <= 0.2 * len(later), sum(later)
+    assert arms.means[0] < arms.means[1], arms.means
+
+
 def test_a_pipelines_first_requests_teach_neither_way():
     """They pay one-time costs (the model's first run, cold reads) that are not their way's."""
     arms = Arms()
@@ -83,13 +112,13 @@ def test_a_pipelines_first_requests_teach_neither_way():
         arms.add(False, 3.0)
     for _ in range(3):
         arms.add(True, 4.0)
-    assert list(arms.sampled) == [3.0] * ARM_MIN and arms.means == (3.0, 4.0)
+    assert arms.sampled.n == ARM_MIN and arms.means == pytest.approx((3.0, 4.0))
     assert not arms.exact_pays()[0]
 
 
 def test_one_costly_sampled_request_does_not_flip_a_clear_choice():
     """Sampled requests that mostly stop in one cheap round: one that took many rounds moves the
-    mean of the last ARM_MEMORY requests by a fraction of its cost, not past exact's."""
+    discounted mean of recent requests by a fraction of its cost, not past exact's."""
     arms = Arms()
     for _ in range(ARM_WARMUP):
         arms.add(False, 1.0)
@@ -134,7 +163,7 @@ def test_snapshot_copies_the_arms():
     snap = book.snapshot()
     book.record_request(True, 1.0)
     assert snap.arms.served == ARM_WARMUP + ARM_MIN and book.arms.served == ARM_WARMUP + ARM_MIN + 1
-    assert list(snap.arms.exact) == [] and list(book.arms.exact) == [1.0]
+    assert snap.arms.exact.n == 0 and book.arms.exact.n == 1 and book.arms.exact.mean() == 1.0
 
 
 def test_what_a_start_reads_follows_every_merge():

@@ -113,14 +113,48 @@ class QueryCosts:
 
 
 
-ARM_MEMORY = 64   # recent whole-request latencies kept per way of serving: over 16, one sampled request
-                  # of many rounds (15 ms among 3 ms ones, on the vibration segments) lifted the mean past
-                  # exact's, and the rare retries kept it there (58 % exact at once; over 64: 4 %)
-ARM_MIN = 5       # sampled requests seen before exact-at-once is tried against them
-EXPLORE = 32      # the losing way is tried again once in this many requests,
-FAR = 2.0         # or once in FAR_EXPLORE while its mean is over FAR times the winner's: each try
-FAR_EXPLORE = 128 # then costs a request several times its latency (trips: p99 2.7 to 8.6 ms at 32)
-ARM_WARMUP = 10   # a pipeline's first requests teach costs but not the ways (see Arms.add)
+ARM_DECAY = 0.985  # each request served weighs older latencies down: half after 46 requests, about the
+                   # last 67 in all. Over 16, one sampled request of many rounds (15 ms among 3 ms ones,
+                   # on the vibration segments) lifted the mean past exact's (58 % exact at once; over 64: 4 %)
+ARM_BONUS = 1.0    # standard errors a way's mean is lowered by when the ways are compared (see Arms)
+ARM_MIN = 5        # sampled requests seen before exact-at-once is tried against them
+EXPLORE = 32       # the losing way is tried again once in this many requests,
+FAR = 2.0          # or once in FAR_EXPLORE while its mean is over FAR times the winner's: each try
+FAR_EXPLORE = 128  # then costs a request several times its latency (trips: p99 2.7 to 8.6 ms at 32)
+ARM_WARMUP = 10    # a pipeline's first requests teach costs but not the ways (see Arms.add)
+
+
+@dataclass
+class Way:
+    """One way of serving's recent latencies, as sums discounted by ARM_DECAY per request served."""
+
+    n: int = 0           # latencies recorded in all
+    weight: float = 0.0
+    total: float = 0.0
+    squares: float = 0.0
+
+    def decay(self) -> None:
+        self.weight *= ARM_DECAY
+        self.total *= ARM_DECAY
+        self.squares *= ARM_DECAY
+
+    def add(self, ms: float) -> None:
+        self.n += 1
+        self.weight += 1.0
+        self.total += ms
+        self.squares += ms * ms
+
+    def mean(self) -> float:
+        return self.total / self.weight
+
+    def copy(self) -> "Way":
+        return Way(self.n, self.weight, self.total, self.squares)
+
+    def hopeful(self) -> float:
+        """The mean less ARM_BONUS standard errors: what the way may well cost."""
+        mean = self.mean()
+        spread = max(self.squares / self.weight - mean * mean, 0.0) ** 0.5
+        return mean - ARM_BONUS * spread / self.weight ** 0.5
 
 
 @dataclass
@@ -133,28 +167,41 @@ class Arms:
     stop after one cheap round, and requests that take more rounds or end exact. On turbofan at
     8.4e4 rows they were about 4 ms and 13-20 ms. Once the cheap ones were a little over half,
     the median said sampling beat exact's 5 ms, and 27 % of a run's requests were sampled. Its
-    median latency rose 30 %."""
+    median latency rose 30 %.
 
-    sampled: deque = field(default_factory=lambda: deque(maxlen=ARM_MEMORY))
-    exact: deque = field(default_factory=lambda: deque(maxlen=ARM_MEMORY))
+    A way's mean is the hopeful one, a standard error under the estimate (a lower confidence
+    bound, as in UCB bandits), over latencies discounted by age. Plain means of each way's last 64
+    latencies let a cluster of hard requests early on lock sampling out: on battery at scale 1
+    sampling's mean stood at 13.5 ms after 16 requests, exact's at 11; the losing way, tried once
+    in 32 requests, kept those 16 for over a hundred requests while exact ran at 9.2 ms and
+    sampling's later requests averaged 7.3 (88 % of the run exact at once). The loser's few, old,
+    spread latencies now count for less than its fresh ones and leave a wide bound."""
+
+    sampled: Way = field(default_factory=Way)
+    exact: Way = field(default_factory=Way)
     since_loser: int = 0       # requests served since the losing way was last tried
     served: int = 0            # requests recorded in all
     means: tuple | None = None     # (sampled, exact) once both have enough requests; kept by ``add``
+    hopeful: tuple | None = None   # the same, less a standard error each: these choose
 
     def copy(self) -> "Arms":
-        return Arms(deque(self.sampled, ARM_MEMORY), deque(self.exact, ARM_MEMORY), self.since_loser, self.served,
-                    self.means)
+        return Arms(self.sampled.copy(), self.exact.copy(), self.since_loser, self.served, self.means,
+                    self.hopeful)
 
     def exact_pays(self) -> tuple[bool, str]:
         """Whether to serve the next request exactly at once, and why (empty: no evidence yet)."""
-        if len(self.sampled) < ARM_MIN:
+        if self.sampled.n < ARM_MIN:
             return False, ""
         if self.means is None:
             return True, "exact at once is being tried against sampling"
         s, e = self.means
         explore = self.since_loser >= (EXPLORE if max(s, e) < FAR * min(s, e) else FAR_EXPLORE)
-        return (e < s) != explore, (f"recent requests took a mean {e:.2f} ms exact at once against "
-                                    f"{s:.2f} ms sampled" + ("; the other way is tried again" if explore else ""))
+        return self._exact_wins() != explore, (
+            f"recent requests took a mean {e:.2f} ms exact at once against {s:.2f} ms sampled"
+            + ("; the other way is tried again" if explore else ""))
+
+    def _exact_wins(self) -> bool:
+        return self.hopeful[1] < self.hopeful[0]
 
     def add(self, exact: bool, ms: float) -> None:
         self.served += 1
@@ -163,14 +210,19 @@ class Arms:
                      # yet learned. Counted, they kept battery's stratified copy exact at once for 93 % of
                      # a run (the sampling way's few early means stayed high while it was rarely retried):
                      # median 8.61 ms against Biathlon's 5.69; without the first ten, 4.37 against 4.69
-        if self.means is not None and exact != (self.means[1] < self.means[0]):   # the losing way was
-            best = min(self.means)                          # tried: while it does better, try it again
+        if self.means is not None and exact != self._exact_wins():   # the losing way was tried:
+            best = min(self.means)                                    # while it does better, try it again
             self.since_loser = FAR_EXPLORE if ms < best else 0
         else:
             self.since_loser += 1
-        (self.exact if exact else self.sampled).append(ms)
-        enough = len(self.sampled) >= ARM_MIN and len(self.exact) >= 3
-        self.means = (statistics.fmean(self.sampled), statistics.fmean(self.exact)) if enough else None
+        self.sampled.decay()
+        self.exact.decay()
+        (self.exact if exact else self.sampled).add(ms)
+        if self.sampled.n >= ARM_MIN and self.exact.n >= 3:
+            self.means = (self.sampled.mean(), self.exact.mean())
+            self.hopeful = (self.sampled.hopeful(), self.exact.hopeful())
+        else:
+            self.means = self.hopeful = None
 
 
 class CostBook:
