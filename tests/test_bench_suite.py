@@ -61,3 +61,26 @@ def test_paired_ratio_sees_through_drift():
     assert low <= 1.05 <= high and high - low < 0.02 and abs(mid - 1.05) < 0.01
     assert paired_ratio(approx, exact) == (mid, low, high)            # the same numbers every run
     assert paired_ratio(exact, exact) == (1.0, 1.0, 1.0)
+
+
+def test_a_win_over_biathlon_is_judged_per_request_and_on_average():
+    """Faster on most requests, slower on the 15 % served exactly, and with Biathlon's tail of
+    many-round requests: approxql wins, though its median latency is higher. Faster on most
+    requests but dearer on average: no win. A tie, whose interval straddles 1: no win."""
+    from benchmarks.suite.report import beats, paired_ratio
+    rng = np.random.default_rng(5)
+    drift = np.linspace(3.0, 9.0, 200) * rng.lognormal(0, 0.05, 200)
+    biathlon = drift * rng.lognormal(0, 0.02, 200)
+    approx = 0.93 * drift * rng.lognormal(0, 0.02, 200)
+    slow = rng.random(200) < 0.4
+    approx[slow] = 1.2 * biathlon[slow]
+    tail = ~slow & (rng.random(200) < 0.1)
+    biathlon_tailed = np.where(tail, 5 * biathlon, biathlon)
+    stats = lambda x: {"mean": float(np.mean(x)), "median": float(np.median(x))}  # noqa: E731
+    assert np.median(approx) > np.median(biathlon_tailed)
+    ok, text = beats(stats(approx), stats(biathlon_tailed), paired_ratio(approx, biathlon_tailed), "faster")
+    assert ok and "interval below 1" in text
+    assert np.mean(approx) > np.mean(biathlon)
+    assert not beats(stats(approx), stats(biathlon), paired_ratio(approx, biathlon), "faster")[0]
+    tie = drift * rng.lognormal(0, 0.02, 200)
+    assert not beats(stats(tie), stats(biathlon), paired_ratio(tie, biathlon), "faster")[0]

