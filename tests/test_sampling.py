@@ -827,20 +827,32 @@ class _Logged:
 
 
 def test_the_currency_check_runs_first_on_the_requests_cursor_and_a_stale_copy_is_not_read(tmp_path):
-    """The check sees no later state than the read because it runs before it, on the same cursor;
-    when it fails, the copy is not read at all."""
+    """The check sees no later state than the read: before a summing read, on the same cursor
+    (when it fails, the copy is not read at all); inside a read of rows, as a column of the same
+    statement (when it fails, the rows are dropped). Either way a stale copy gives way to exact."""
     con = duckdb.connect(str(tmp_path / "order.duckdb"))
     con.execute("CREATE TABLE t AS SELECT (i % 2)::INTEGER AS k, i * 1.0 AS x FROM range(20000) r(i)")
     prepare(con, "t", by=["k"])
     compiled = compile_query(DuckDBEngine(con), con, query("AVG(x) AS a", where="k = $k"), strategy="prepared")
+    check = compiled.source.current_sql()
     for stale in (False, True):
         if stale:
             con.execute("INSERT INTO t VALUES (1, 5.0)")
-        log: list[str] = []
-        sampler = QuerySampler(compiled, DuckDBEngine(con), {"k": 1}, seed=1)
+        for matching in (None, 1.0):            # unknown: summed by DuckDB; a few rows: read as rows
+            log: list[str] = []
+            sampler = QuerySampler(compiled, DuckDBEngine(con), {"k": 1}, seed=1)
+            with con.cursor() as cur:
+                sampler.advance(_Logged(cur, log), 0.05, matching=matching)
+            reads = [sql for sql in log if "t__approxql_sample" in sql]
+            if matching is None:
+                assert log[0] == f"SELECT {check}"
+                assert (reads == []) if stale else (len(reads) == 1), log
+            else:
+                assert len(reads) == 1 and f"({check}) AS __aq_current" in reads[0] and log[0] == reads[0], log
+            assert sampler.result().exact == stale
+        log = []
+        sampler = QuerySampler(compiled, DuckDBEngine(con), {"k": 7}, seed=1)   # no rows: no column to tell
         with con.cursor() as cur:
             sampler.advance(_Logged(cur, log), 0.05, matching=1.0)
-        assert log[0] == f"SELECT {compiled.source.current_sql()}"
-        reads = [sql for sql in log[1:] if "t__approxql_sample" in sql]
-        assert (reads == []) if stale else (len(reads) == 1), log
+        assert log[-1] == f"SELECT {check}" and len(log) == 2, log           # so the check runs after it
         assert sampler.result().exact == stale

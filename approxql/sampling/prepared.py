@@ -24,6 +24,7 @@ from .catalog import CATALOG, KEY, PreparedTable
 from .layout import MomentLayout
 from .terms import AggregatePlan
 
+CURRENT = "__aq_current"   # the staleness check's column in a checked read of rows
 ROW_BUCKET = 2048  # rows per bucket of a batched read by position
 BUCKETS = 1024   # key buckets of a batched read: ~2 % waste at a 2 % fraction (measured 0.095 ms per
                  # request for 2,000 requests on 8M rows, against 1.6 ms joining on the key range itself)
@@ -69,16 +70,20 @@ class PreparedSource(SampleSource):
         return quote(self.prepared.relation if group is None else self.prepared.table(group[2]))
 
     def rows_sql(self, plan: AggregatePlan, layout: MomentLayout, lo: float, hi: float, *, seed: int = 0,
-                 group: tuple[int, int, int] | None = None) -> SampleSQL:
+                 group: tuple[int, int, int] | None = None, checked: bool = False) -> SampleSQL:
         """The increment's rows themselves (its contribution columns): for a few thousand rows, far
         cheaper than the summing statement, whose dozens of aggregate expressions DuckDB spends
         milliseconds binding and optimizing (measured: 1.4 ms against 4.8 ms for 1,100 rows of ten
-        AVG/STDDEV features)."""
+        AVG/STDDEV features). ``checked``: the staleness check rides along as a first column,
+        ``CURRENT``, on every row: one statement instead of two, and the check sees the read's own
+        snapshot (turbofan at 1e6 rows a request: 1.66 against 1.92 ms, paired x0.87)."""
         params, wraps = _one_or_two(ranges_of(lo, hi, seed, group))
-        key = ("rows", None if group is None else group[2], wraps)
+        key = ("rows", None if group is None else group[2], wraps, checked)
         if key not in self._sql:
             _, where = self._parts(plan, layout, [], group is not None, wraps)
             items = layout.rows_sql()
+            if checked:
+                items = [f"({self.current_sql()}) AS {CURRENT}", *items]
             if group is not None and self.prepared.strata:   # a row's position gives its stratum
                 items = [*items, f"{quote(plan.alias)}.rowid"]
             self._sql[key] = f"SELECT {', '.join(items)} FROM {self._table(group)} AS {quote(plan.alias)} WHERE {where}"

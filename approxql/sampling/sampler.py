@@ -29,7 +29,7 @@ from .currency import is_current
 from .layout import MomentLayout, term_gradient
 from .exact import ExactSource
 from .exact_plan import ExactPlan, exact_plan
-from .prepared import PreparedSource, group_positions, offset_of, ranges_of
+from .prepared import CURRENT, PreparedSource, group_positions, offset_of, ranges_of
 from .support import CLUSTER_FACTOR, MIN_SUPPORT, beyond_group, pinned_groups, pinned_params, tail_support
 from .system import SystemSource
 from .terms import AggregatePlan, analyze, term_index
@@ -322,9 +322,13 @@ class QuerySampler:
         else:
             rows = (isinstance(self.c.source, PreparedSource) and not inc.growing and matching is not None
                     and matching * (p - inc.lo) <= ROW_PATH_MAX)
-        if rows or self.strata:   # rows, or a stratified read's sums per stratum
-            form = self.c.source.rows_sql if rows else self.c.source.strata_sql
-            stmt = form(self.c.plan, self.c.layout, inc.lo, inc.hi, seed=self.seed, group=self.group)
+        check = self.needs_check()
+        if rows:   # a first read of rows checks the copy in the same statement
+            stmt = self.c.source.rows_sql(self.c.plan, self.c.layout, inc.lo, inc.hi, seed=self.seed,
+                                          group=self.group, checked=check)
+        elif self.strata:   # a stratified read's sums per stratum
+            stmt = self.c.source.strata_sql(self.c.plan, self.c.layout, inc.lo, inc.hi, seed=self.seed,
+                                            group=self.group)
         else:
             stmt = self.c.source.increment_sql(self.c.plan, self.c.layout, inc.lo, p, list(inc.growing), inc.cap,
                                                seed=self.seed, group=self.group)
@@ -335,13 +339,20 @@ class QuerySampler:
                 return res.fetchnumpy()
             return res.fetchall() if self.strata else res.fetchall()[0]
 
-        try:   # the check first, on the same cursor: it sees no later state than the read
-            current = not self.needs_check() or is_current(cur, self.c.source.current_sql())
-            got = read() if current else None
+        # the check in the read's own statement, or first on the same cursor: it sees no later state than the read
+        folded = check and rows
+        try:
+            if folded:
+                got = read()
+                flags = got.pop(CURRENT)
+                current = bool(flags[0]) if len(flags) else is_current(cur, self.c.source.current_sql())
+            else:
+                current = not check or is_current(cur, self.c.source.current_sql())
+                got = read() if current else None
         except duckdb.Error as e:
-            if not (isinstance(e, duckdb.CatalogException) and self.reads_slice()):
+            if not (isinstance(e, duckdb.CatalogException) and (self.reads_slice() or folded)):
                 raise QueryError(f"sampling query {self.c.query.name} failed: {_first_line(e)}") from e
-            got, current = None, False   # its slice is gone: the copy was prepared again
+            got, current = None, False   # its slice, the catalog or the source is gone: not current
         if not current:
             self.fall_back(self.stale_note())
         elif self.strata:
