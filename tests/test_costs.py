@@ -103,6 +103,18 @@ def test_a_cluster_of_costly_sampled_requests_early_on_does_not_lock_sampling_ou
     assert arms.means[0] < arms.means[1], arms.means
 
 
+def test_a_way_never_tried_for_long_keeps_its_weight():
+    """Requests forced exact (every query impossible to sample) never try sampling: its weight
+    must not decay to 0 / 0 over tens of thousands of requests."""
+    arms = Arms()
+    for _ in range(ARM_WARMUP + ARM_MIN):
+        arms.add(False, 3.0)
+    for _ in range(60_000):
+        arms.add(True, 4.0)
+    assert arms.sampled.weight > 0 and arms.means == pytest.approx((3.0, 4.0))
+    assert not arms.exact_pays()[0] or arms.since_loser >= EXPLORE
+
+
 def test_a_pipelines_first_requests_teach_neither_way():
     """They pay one-time costs (the model's first run, cold reads) that are not their way's."""
     arms = Arms()

@@ -116,7 +116,7 @@ class QueryCosts:
 ARM_DECAY = 0.985  # each request served weighs older latencies down: half after 46 requests, about the
                    # last 67 in all. Over 16, one sampled request of many rounds (15 ms among 3 ms ones,
                    # on the vibration segments) lifted the mean past exact's (58 % exact at once; over 64: 4 %)
-ARM_BONUS = 1.0    # standard errors a way's mean is lowered by when the ways are compared (see Arms)
+ARM_BONUS = 1.0    # spreads over sqrt(weight) a way's mean is lowered by when the ways are compared
 ARM_MIN = 5        # sampled requests seen before exact-at-once is tried against them
 EXPLORE = 32       # the losing way is tried again once in this many requests,
 FAR = 2.0          # or once in FAR_EXPLORE while its mean is over FAR times the winner's: each try
@@ -134,6 +134,8 @@ class Way:
     squares: float = 0.0
 
     def decay(self) -> None:
+        if self.weight < 1e-6:   # only ratios matter; a way left untried for ~900 requests must not
+            return               # underflow to 0 / 0 (requests forced exact never try sampling)
         self.weight *= ARM_DECAY
         self.total *= ARM_DECAY
         self.squares *= ARM_DECAY
@@ -151,7 +153,9 @@ class Way:
         return Way(self.n, self.weight, self.total, self.squares)
 
     def hopeful(self) -> float:
-        """The mean less ARM_BONUS standard errors: what the way may well cost."""
+        """The mean less a bonus of ARM_BONUS spreads over the square root of the discounted weight:
+        what the way may well cost. About 1.4 standard errors while the latencies are fresh
+        (the weights' effective count is twice their sum), more as they age (discounted UCB)."""
         mean = self.mean()
         spread = max(self.squares / self.weight - mean * mean, 0.0) ** 0.5
         return mean - ARM_BONUS * spread / self.weight ** 0.5
@@ -169,8 +173,9 @@ class Arms:
     the median said sampling beat exact's 5 ms, and 27 % of a run's requests were sampled. Its
     median latency rose 30 %.
 
-    A way's mean is the hopeful one, a standard error under the estimate (a lower confidence
-    bound, as in UCB bandits), over latencies discounted by age. Plain means of each way's last 64
+    A way's mean is the hopeful one, lowered by a bonus that grows with its spread and with the
+    age of its latencies (a lower confidence bound, as in discounted UCB bandits), over latencies
+    discounted by age. Plain means of each way's last 64
     latencies let a cluster of hard requests early on lock sampling out: on battery at scale 1
     sampling's mean stood at 13.5 ms after 16 requests, exact's at 11; the losing way, tried once
     in 32 requests, kept those 16 for over a hundred requests while exact ran at 9.2 ms and
@@ -196,9 +201,10 @@ class Arms:
             return True, "exact at once is being tried against sampling"
         s, e = self.means
         explore = self.since_loser >= (EXPLORE if max(s, e) < FAR * min(s, e) else FAR_EXPLORE)
+        hs, he = self.hopeful
         return self._exact_wins() != explore, (
-            f"recent requests took a mean {e:.2f} ms exact at once against {s:.2f} ms sampled"
-            + ("; the other way is tried again" if explore else ""))
+            f"recent requests took a mean {e:.2f} ms exact at once against {s:.2f} ms sampled "
+            f"(at best {he:.2f} against {hs:.2f})" + ("; the other way is tried again" if explore else ""))
 
     def _exact_wins(self) -> bool:
         return self.hopeful[1] < self.hopeful[0]
@@ -210,10 +216,10 @@ class Arms:
                      # yet learned. Counted, they kept battery's stratified copy exact at once for 93 % of
                      # a run (the sampling way's few early means stayed high while it was rarely retried):
                      # median 8.61 ms against Biathlon's 5.69; without the first ten, 4.37 against 4.69
-        if self.means is not None and exact != self._exact_wins():   # the losing way was tried:
-            best = min(self.means)                                    # while it does better, try it again
-            self.since_loser = FAR_EXPLORE if ms < best else 0
-        else:
+        was = None if self.hopeful is None else self._exact_wins()
+        if was is not None and exact != was:   # the losing way was tried: while it beats what the
+            self.since_loser = FAR_EXPLORE if ms < self.hopeful[0 if exact else 1] else 0   # winner
+        else:                                                                                # may cost, again
             self.since_loser += 1
         self.sampled.decay()
         self.exact.decay()
@@ -221,6 +227,8 @@ class Arms:
         if self.sampled.n >= ARM_MIN and self.exact.n >= 3:
             self.means = (self.sampled.mean(), self.exact.mean())
             self.hopeful = (self.sampled.hopeful(), self.exact.hopeful())
+            if was is not None and self._exact_wins() != was:
+                self.since_loser = 0   # a new winner is served before the other way is tried again
         else:
             self.means = self.hopeful = None
 

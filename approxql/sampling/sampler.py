@@ -345,7 +345,13 @@ class QuerySampler:
             if folded:
                 got = read()
                 flags = got.pop(CURRENT)
-                current = bool(flags[0]) if len(flags) else is_current(cur, self.c.source.current_sql())
+                if len(flags):
+                    current = bool(flags[0])
+                else:   # no row to tell: check first, then read again (a check after a read could
+                    current = is_current(cur, self.c.source.current_sql())   # pass a copy rebuilt since)
+                    got = read() if current else None
+                    if got is not None:
+                        got.pop(CURRENT)
             else:
                 current = not check or is_current(cur, self.c.source.current_sql())
                 got = read() if current else None

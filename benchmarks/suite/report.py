@@ -67,9 +67,10 @@ def beats(a: dict, b: dict, paired: tuple[float, float, float], what: str) -> tu
     Two medians of separate runs flip on noise the pairing removes: on the vibration segments
     approxql was faster on the median request (x0.95, 95 % CI 0.94-0.98), its mean 5.45 ms
     against 7.42 and p99 18.6 against 55.5, while its median stood 0.06 ms above Biathlon's."""
-    ok = paired[2] < 1.0 and a["mean"] < b["mean"]
-    return ok, (f"{what}: {_paired(paired)}, interval below 1; mean {a['mean']:.2f} against {b['mean']:.2f} ms "
-                f"(medians {a['median']:.2f} and {b['median']:.2f})")
+    below, lower = paired[2] < 1.0, a["mean"] < b["mean"]
+    return below and lower, (f"{what}: {_paired(paired)}, interval {'below' if below else 'not below'} 1; "
+                             f"mean {a['mean']:.2f} {'<' if lower else '>='} {b['mean']:.2f} ms "
+                             f"(medians {a['median']:.2f} and {b['median']:.2f})")
 
 
 def verdicts(run: PipelineRun, st: dict) -> list[tuple[bool, str]]:
