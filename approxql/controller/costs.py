@@ -186,28 +186,38 @@ class Arms:
     exact: Way = field(default_factory=Way)
     since_loser: int = 0       # requests served since the losing way was last tried
     served: int = 0            # requests recorded in all
-    means: tuple | None = None     # (sampled, exact) once both have enough requests; kept by ``add``
-    hopeful: tuple | None = None   # the same, less a standard error each: these choose
 
     def copy(self) -> "Arms":
-        return Arms(self.sampled.copy(), self.exact.copy(), self.since_loser, self.served, self.means,
-                    self.hopeful)
+        return Arms(self.sampled.copy(), self.exact.copy(), self.since_loser, self.served)
+
+    @property
+    def means(self) -> tuple[float, float] | None:
+        """(sampled, exact) once both ways have enough requests."""
+        return (self.sampled.mean(), self.exact.mean()) if self._enough() else None
+
+    @property
+    def hopeful(self) -> tuple[float, float] | None:
+        """The same, less each way's bonus: these choose."""
+        return (self.sampled.hopeful(), self.exact.hopeful()) if self._enough() else None
+
+    def _enough(self) -> bool:
+        return self.sampled.n >= ARM_MIN and self.exact.n >= 3
 
     def exact_pays(self) -> tuple[bool, str]:
         """Whether to serve the next request exactly at once, and why (empty: no evidence yet)."""
         if self.sampled.n < ARM_MIN:
             return False, ""
-        if self.means is None:
+        if not self._enough():
             return True, "exact at once is being tried against sampling"
-        s, e = self.means
+        (s, e), (hs, he) = self.means, self.hopeful
         explore = self.since_loser >= (EXPLORE if max(s, e) < FAR * min(s, e) else FAR_EXPLORE)
-        hs, he = self.hopeful
-        return self._exact_wins() != explore, (
+        return (he < hs) != explore, (
             f"recent requests took a mean {e:.2f} ms exact at once against {s:.2f} ms sampled "
             f"(at best {he:.2f} against {hs:.2f})" + ("; the other way is tried again" if explore else ""))
 
     def _exact_wins(self) -> bool:
-        return self.hopeful[1] < self.hopeful[0]
+        hopeful = self.hopeful
+        return hopeful[1] < hopeful[0]
 
     def add(self, exact: bool, ms: float) -> None:
         self.served += 1
@@ -216,21 +226,17 @@ class Arms:
                      # yet learned. Counted, they kept battery's stratified copy exact at once for 93 % of
                      # a run (the sampling way's few early means stayed high while it was rarely retried):
                      # median 8.61 ms against Biathlon's 5.69; without the first ten, 4.37 against 4.69
-        was = None if self.hopeful is None else self._exact_wins()
+        hopeful = self.hopeful
+        was = None if hopeful is None else hopeful[1] < hopeful[0]
         if was is not None and exact != was:   # the losing way was tried: while it beats what the
-            self.since_loser = FAR_EXPLORE if ms < self.hopeful[0 if exact else 1] else 0   # winner
-        else:                                                                                # may cost, again
+            self.since_loser = FAR_EXPLORE if ms < hopeful[0 if exact else 1] else 0   # winner may cost, again
+        else:
             self.since_loser += 1
         self.sampled.decay()
         self.exact.decay()
         (self.exact if exact else self.sampled).add(ms)
-        if self.sampled.n >= ARM_MIN and self.exact.n >= 3:
-            self.means = (self.sampled.mean(), self.exact.mean())
-            self.hopeful = (self.sampled.hopeful(), self.exact.hopeful())
-            if was is not None and self._exact_wins() != was:
-                self.since_loser = 0   # a new winner is served before the other way is tried again
-        else:
-            self.means = self.hopeful = None
+        if was is not None and self._exact_wins() != was:
+            self.since_loser = 0   # a new winner is served before the other way is tried again
 
 
 class CostBook:

@@ -127,10 +127,9 @@ def prepare(con: duckdb.DuckDBPyConnection, table: str, by: Sequence[str], *, se
         try:
             _ensure_catalog(cur)
             cur.execute(f"DROP TABLE IF EXISTS {quote(building)}")
-            if strat is None:
-                cur.execute(f"CREATE TABLE {quote(building)} AS SELECT *, {key} AS {KEY} FROM {quote(table)} ORDER BY {order}")
-            else:
-                cur.execute(f"CREATE TABLE {quote(building)} AS " + stratified_order(table, items, strat, key))
+            rows_in_order = (f"SELECT *, {key} AS {KEY} FROM {quote(table)} ORDER BY {order}" if strat is None
+                             else stratified_order(table, items, strat, key))
+            cur.execute(f"CREATE TABLE {quote(building)} AS {rows_in_order}")
             rows = cur.execute(f"SELECT count(*) FROM {quote(building)}").fetchall()[0][0]
             _drop_copy(cur, copy)
             cuts = _slice_cuts(cur, building, items[0], rows) if items and rows > SLICE_ROWS else []

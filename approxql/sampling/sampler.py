@@ -29,7 +29,7 @@ from .currency import is_current
 from .layout import MomentLayout, term_gradient
 from .exact import ExactSource
 from .exact_plan import ExactPlan, exact_plan
-from .prepared import CURRENT, PreparedSource, group_positions, offset_of, ranges_of
+from .prepared import CURRENT, PreparedSource, group_positions, offset_of
 from .support import CLUSTER_FACTOR, MIN_SUPPORT, beyond_group, pinned_groups, pinned_params, tail_support
 from .system import SystemSource
 from .terms import AggregatePlan, analyze, term_index
@@ -333,28 +333,25 @@ class QuerySampler:
             stmt = self.c.source.increment_sql(self.c.plan, self.c.layout, inc.lo, p, list(inc.growing), inc.cap,
                                                seed=self.seed, group=self.group)
 
-        def read():
-            res = cur.execute(stmt.sql, {**bound, **stmt.extra_params})
-            if rows:
-                return res.fetchnumpy()
-            return res.fetchall() if self.strata else res.fetchall()[0]
+        folded = check and rows   # the check rides in the read: a column of its own statement
 
-        # the check in the read's own statement, or first on the same cursor: it sees no later state than the read
-        folded = check and rows
+        def read():
+            """The read's result, and the check's answer when it rode along (None: no row to tell)."""
+            res = cur.execute(stmt.sql, {**bound, **stmt.extra_params})
+            if not rows:
+                return (res.fetchall() if self.strata else res.fetchall()[0]), None
+            got = res.fetchnumpy()
+            flags = got.pop(CURRENT) if folded else ()
+            return got, (bool(flags[0]) if len(flags) else None)
+
+        # The check sees no later state than the read: it rides in the read's own statement, or it
+        # runs first on the same cursor (also when the folded read found no row to tell: a check
+        # after a read could pass a copy rebuilt since).
         try:
-            if folded:
-                got = read()
-                flags = got.pop(CURRENT)
-                if len(flags):
-                    current = bool(flags[0])
-                else:   # no row to tell: check first, then read again (a check after a read could
-                    current = is_current(cur, self.c.source.current_sql())   # pass a copy rebuilt since)
-                    got = read() if current else None
-                    if got is not None:
-                        got.pop(CURRENT)
-            else:
+            got, current = read() if folded else (None, None)
+            if current is None:
                 current = not check or is_current(cur, self.c.source.current_sql())
-                got = read() if current else None
+                got = read()[0] if current else None
         except duckdb.Error as e:
             if not (isinstance(e, duckdb.CatalogException) and (self.reads_slice() or folded)):
                 raise QueryError(f"sampling query {self.c.query.name} failed: {_first_line(e)}") from e
@@ -362,7 +359,7 @@ class QuerySampler:
         if not current:
             self.fall_back(self.stale_note())
         elif self.strata:
-            self._take_strata(inc, got, summed=not rows)
+            self._take_strata(inc, got, stmt.extra_params, summed=not rows)
         elif rows:
             moments = self.c.layout.moments_from_rows(list(got.values()))
             self._take(inc, moments, matching_seen=moments.n)
@@ -433,14 +430,12 @@ class QuerySampler:
         self.moments = moments if (self.moments is None or not nested) else self.moments.merge(moments)
         self.fraction = inc.hi
 
-    def _take_strata(self, inc: "Increment", got, *, summed: bool) -> None:
+    def _take_strata(self, inc: "Increment", got, ranges: Mapping[str, int], *, summed: bool) -> None:
         """Merge a stratified read (its rows, whose row ids give their strata, or its sums per
-        stratum) and move to its fraction."""
+        stratum) of the row-id ``ranges`` its statement was bound to, and move to its fraction."""
         h, layout = self.strata, self.c.layout
         start, rows, _ = self.group
-        ranges = ranges_of(inc.lo, inc.hi, self.seed, self.group)
-        read = [(a - start, b - start) for a, b in ((ranges["__r1"], ranges["__s1"]), (ranges["__r2"], ranges["__s2"]))
-                if b > a]
+        read = [(ranges[a] - start, ranges[b] - start) for a, b in (("__r1", "__s1"), ("__r2", "__s2")) if a in ranges]
         if summed:
             per = {int(row[0]): layout.moments(row[1:]) for row in got}
             part = StrataMoments.from_strata(per, read, h, len(layout.columns))
