@@ -11,7 +11,8 @@ import pytest
 
 import approxql
 from approxql.cli import main
-from approxql.profiler import costmodel, layout, stages, whatif
+from approxql.profiler import costmodel, layout, peak, stages, whatif
+from approxql.sampling import catalog
 from approxql.training import export_onnx
 
 from conftest import make_pipeline
@@ -91,6 +92,30 @@ def test_a_failing_request_is_reported_not_fatal(world):
         approxql.profile(pipe, reqs, slo_ms=0)
     with pytest.raises(approxql.OptionError, match="fractions must be"):
         approxql.profile(pipe, reqs, fractions=(0.5,))
+
+
+def test_warm_rows_reads_each_requests_rows_on_the_table_and_its_copy(world):
+    pipe = make_pipeline(world, "linear")
+    reqs = world["requests"].slice(0, 3).to_pylist()
+    engine, seen = pipe.engine, []
+    real = engine.exact_features
+
+    def spy(compiled, params, cur=None):
+        got = real(compiled, params, cur)
+        if cur is None:   # (without a cursor it calls itself again with its own)
+            seen.append((compiled.sql, {k: params[k] for k in compiled.params}, got))
+        return got
+
+    engine.exact_features = spy
+    try:
+        peak.warm_rows(pipe, reqs)
+    finally:
+        del engine.exact_features
+    assert len(seen) == 2 * len(pipe.spec.aggregate_queries) * len(reqs)   # each query and request, twice
+    for (table_sql, bound, on_table), (copy_sql, copy_bound, on_copy) in zip(seen[0::2], seen[1::2]):
+        assert "__approxql_sample" not in table_sql
+        assert "__approxql_sample" in copy_sql and catalog.KEY in copy_sql    # the key a sample reads too
+        assert copy_bound == bound and on_copy == pytest.approx(on_table)  # the same request's same rows
 
 
 @pytest.mark.parametrize("by, expected", [

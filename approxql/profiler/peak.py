@@ -5,7 +5,8 @@ drops anyway), nothing can be pruned and the columns are really read (a bare COU
 a whole table is answered from metadata). A full scan amortises the per-statement costs over all
 rows: its rows per second is the most this engine and machine deliver for the query, and a
 request's statements are judged against it. ``warm`` runs the same scans untimed on the table and
-its prepared copy, so that a profile measures a server whose data is in memory, not disk reads.
+its prepared copy, so that a profile measures a server whose data is in memory, not disk reads;
+``warm_rows`` reads just what given requests read, for tables larger than memory.
 """
 from __future__ import annotations
 
@@ -64,6 +65,25 @@ def warm(pipe, request: Mapping[str, Any]) -> None:
         if prepared is not None:   # a sample reads the copy's key column too
             copy = on_table(full_scan(q, also=(KEY,)), quote(prepared.copy))
             pipe.engine.exact_features(pipe.engine.compile_exact([copy]), bound)
+
+
+def warm_rows(pipe, requests) -> None:
+    """Read the rows each request's aggregate queries read, on their tables and prepared copies,
+    once: a run of these requests then finds its rows in memory even where the tables do not fit
+    (``warm`` on bearing at 3.2e8 rows, 22 GB with its copy, beside a sorted copy in a second
+    database: 33 GB of full scans on a 24 GB machine, which swapped)."""
+    for q in pipe.spec.aggregate_queries:
+        reads = [pipe.engine.compile_exact([q])]
+        if full_scan(q) is not None:   # one table: its copy too, with the key a sample reads
+            with pipe.engine.cursor() as cur:
+                prepared = lookup(cur, q.tables[0])
+            if prepared is not None:
+                keyed = replace(q, select=q.select.where(f"{quote(KEY)} = {quote(KEY)}", dialect="duckdb", copy=True))
+                reads.append(pipe.engine.compile_exact([on_table(keyed, quote(prepared.copy))]))
+        for request in requests:
+            bound = bind_request(list(pipe.params), request)
+            for compiled in reads:
+                pipe.engine.exact_features(compiled, bound)
 
 
 def full_scan(query, also: tuple[str, ...] = ()):
