@@ -857,3 +857,41 @@ def test_the_currency_check_runs_first_on_the_requests_cursor_and_a_stale_copy_i
         # so the check runs on its own, then (if current) the read again: no check after a read
         assert log[1] == f"SELECT {check}" and len(log) == (2 if stale else 3), log
         assert sampler.result().exact == stale
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_on_a_read_only_database_the_first_check_settles_currency(tmp_path, stale):
+    """No one can write a database this process opened read-only, so the first request's check
+    holds for the rest: current, later requests read without it; stale, they go exact unread.
+    Opened for writing, every request checks."""
+    path = str(tmp_path / "frozen.duckdb")
+    con = duckdb.connect(path)
+    con.execute("CREATE TABLE t AS SELECT (i % 2)::INTEGER AS k, i * 1.0 AS x FROM range(20000) r(i)")
+    prepare(con, "t", by=["k"])
+    if stale:
+        con.execute("INSERT INTO t VALUES (1, 5.0)")
+    con.close()
+    q = query("AVG(x) AS a", where="k = $k")
+    for read_only in (True, False):
+        con = duckdb.connect(path, read_only=read_only)
+        compiled = compile_query(DuckDBEngine(con), con, q, strategy="prepared")
+        check = compiled.source.current_sql()
+        assert compiled.source.frozen is read_only and compiled.source.settled is None
+        checks = []
+        for i, (k, matching) in enumerate([(1, None), (0, None), (1, 1.0), (0, 1.0)]):
+            log: list[str] = []
+            sampler = QuerySampler(compiled, DuckDBEngine(con), {"k": k}, seed=i)
+            with con.cursor() as cur:
+                sampler.advance(_Logged(cur, log), 0.05, matching=matching)
+            checks.append(sum(check in sql for sql in log))
+            reads = [sql for sql in log if "t__approxql_sample" in sql and f"{check}) AS" not in sql]
+            assert sampler.result().exact == stale and (reads == [] if stale else len(reads) <= 1), log
+            if stale:
+                assert "stale" in sampler.result().reasons["a"]
+            else:
+                assert sampler.result().values["a"] == pytest.approx(exact_row(con, q, {"k": k})["a"], rel=0.05)
+        if read_only:
+            assert checks == [1, 0, 0, 0] and compiled.source.settled is (not stale)
+        else:
+            assert checks == [1, 1, 1, 1] and compiled.source.settled is None
+        con.close()

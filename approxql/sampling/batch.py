@@ -58,11 +58,14 @@ def _prepared_many(engine, cur, c: CompiledQuery, items, types) -> list[QuerySam
         for s, values in zip(firsts, exact_many(engine, c.exact_only, c.exact_only_many, [s.params for s in firsts],
                                                    types)):
             s.exact_values = values
-    stale: list[QuerySampler] = []
+    stale = [s for s, _ in items if s.known_stale()]
     checking = [s for s, _ in items if s.needs_check()]
-    if checking and not _current(cur, c):
-        stale += checking
-        items = [(s, p) for s, p in items if s not in checking]
+    if checking:
+        current = _current(cur, c)
+        c.source.remember(current)
+        if not current:
+            stale += checking
+    items = [(s, p) for s, p in items if s not in stale]
     groups: dict[tuple, list] = {}
     for s, p in items:   # one statement per set of growing quantile terms, and per slice read by position
         inc = s.increment(p)

@@ -314,3 +314,11 @@ def _columns(cur, table: str) -> list[str]:
         raise OptionError(f"prepare: no table {table!r} in this database" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
     return [r[0] for r in cur.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = ? ORDER BY column_index",
                                       [table]).fetchall()]
+
+
+def read_only(cur: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Whether every database holding a table named ``table`` (the temporary one included) is
+    open read-only on this connection: then no one can change it while it stays open."""
+    row = cur.execute("SELECT bool_and(d.readonly) FROM duckdb_tables() AS t JOIN duckdb_databases() AS d "
+                      "USING (database_name) WHERE t.table_name = ?", [table]).fetchall()[0][0]
+    return bool(row)

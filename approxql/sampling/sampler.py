@@ -24,7 +24,7 @@ from ..estimators import (Moments, covariance_from_jacobian, feature_covariance,
 from ..estimators.strata import StrataMoments
 from ..plan import FeatureQuery
 from .base import SampleSource, quote
-from .catalog import lookup, stratum_sizes
+from .catalog import lookup, read_only, stratum_sizes
 from .currency import is_current
 from .layout import MomentLayout, term_gradient
 from .exact import ExactSource
@@ -199,7 +199,8 @@ def compile_query(engine: Engine, con: duckdb.DuckDBPyConnection, query: Feature
         rest = (beyond_group(query, groups, group_params, _types(con, list(groups), plan, table),
                              lambda t: _type_name(cur, t)) if positions is not None else None)
         group_where = None if rest is None else " AND ".join(f"({t.sql('duckdb')})" for t in rest)
-        source: SampleSource = (PreparedSource(prepared, positions=positions is not None, group_where=group_where)
+        source: SampleSource = (PreparedSource(prepared, positions=positions is not None, group_where=group_where,
+                                               frozen=read_only(cur, prepared.source))
                                 if prepared else SystemSource(plan.table))
         support = tail_support(cur, plan, table, centers, groups=groups)
     layout = MomentLayout.build(plan, centers)
@@ -313,6 +314,9 @@ class QuerySampler:
             self.note = stale or self.note
             self.set_exact(values)
             return
+        if self.known_stale():
+            self.fall_back(self.stale_note())
+            return
         if self.fraction == 0.0 and self.c.exact_only is not None:
             self.exact_values = self.engine.exact_features(self.c.exact_only, self.params, cur)
         inc = self.increment(p)
@@ -356,6 +360,8 @@ class QuerySampler:
             if not (isinstance(e, duckdb.CatalogException) and (self.reads_slice() or folded)):
                 raise QueryError(f"sampling query {self.c.query.name} failed: {_first_line(e)}") from e
             got, current = None, False   # its slice, the catalog or the source is gone: not current
+        if check:
+            self.c.source.remember(current)
         if not current:
             self.fall_back(self.stale_note())
         elif self.strata:
@@ -373,11 +379,16 @@ class QuerySampler:
         return isinstance(source, PreparedSource) and (self.group is not None or source.prepared.relation_is_slice)
 
     def needs_check(self) -> bool:
-        """Whether the next read must check that the copy is current: a prepared copy's first read
-        (a later read of a copy prepared again since finds its slice gone and fails over; on a view
-        over several slices a read by key goes on with the new copy's keys: a request that spans
-        a prepare is not checked again)."""
-        return isinstance(self.c.source, PreparedSource) and self.fraction == 0.0
+        """Whether the next read must check that the copy is current: a prepared copy's first read,
+        unless the answer is settled (a later read of a copy prepared again since finds its slice
+        gone and fails over; on a view over several slices a read by key goes on with the new
+        copy's keys: a request that spans a prepare is not checked again)."""
+        source = self.c.source
+        return isinstance(source, PreparedSource) and self.fraction == 0.0 and source.settled is None
+
+    def known_stale(self) -> bool:
+        """A first read of a copy known stale for good (``PreparedSource.settled``)."""
+        return isinstance(self.c.source, PreparedSource) and self.fraction == 0.0 and self.c.source.settled is False
 
     def increment(self, p: float) -> "Increment":
         """What the next read covers: keys [lo, p) (nested) or a fresh sample at p, and which

@@ -11,6 +11,7 @@ in an order balanced over requests (see ``order_for``):
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,7 +25,7 @@ import approxql
 from approxql.engines import DuckDBEngine
 from approxql.pipeline_file import read_pipeline_file
 from approxql.plan import QueryKind
-from approxql.profiler.peak import warm as warm_buffers
+from approxql.profiler.peak import warm_rows
 from approxql.sampling.catalog import lookup
 from approxql.training import feature_matrix, fit_and_export
 
@@ -34,6 +35,10 @@ SYSTEMS = ("exact", "exact_fastest", "fixed", "biathlon", "approxql")
 FIXED_FRACTION = 0.01
 ORACLE_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 WARM = 30
+# Of this machine's memory, for DuckDB's buffers: the generated database, then its sorted copy,
+# open side by side. Each defaults to 80 %: on bearing at scale 10 (22 GB a database) the two
+# together swapped a 24 GB machine.
+MEMORY_SHARES = (0.55, 0.25)
 
 
 @dataclass
@@ -87,8 +92,8 @@ def run_pipeline(bp: BenchPipeline, *, scale: float, requests: int, data_dir: Pa
         "biathlon": lambda p, r, i: p.predict(r, seed=i, policy="biathlon", delta=delta),
         "approxql": lambda p, r, i: p.predict(r, seed=i, delta=delta),
     }
-    for s in ("exact", "exact_fastest"):        # every column the queries read, in DuckDB's buffers: all
-        warm_buffers(pipes[s], warm[0])          # systems are timed warm (one pass per database)
+    for s in ("exact", "exact_fastest"):        # the rows these requests read, in DuckDB's buffers: all
+        warm_rows(pipes[s], warm + serve)        # systems are timed warm (one pass per database)
     for s in SYSTEMS:                           # warm caches and the learned costs, untimed
         for i, r in enumerate(warm):
             calls[s](pipes[s], r, 10_000 + i)
@@ -130,7 +135,8 @@ def _databases(bp: BenchPipeline, data_dir: Path, scale: float, seed: int):
     data_dir.mkdir(parents=True, exist_ok=True)
     tag = f"{bp.name}_s{scale:g}_seed{seed}"
     path, fast_path = data_dir / f"{tag}.duckdb", data_dir / f"{tag}_fast.duckdb"
-    con = duckdb.connect(str(path))
+    main_limit, fast_limit = (_memory_limit(share) for share in MEMORY_SHARES)
+    con = duckdb.connect(str(path), config=main_limit)
     ready = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = '__bench_done'").fetchall()[0][0]
     if not ready:
         bp.generate(con, scale, seed)
@@ -138,24 +144,39 @@ def _databases(bp: BenchPipeline, data_dir: Path, scale: float, seed: int):
         con.execute("CREATE TABLE __bench_done AS SELECT 1 AS done")
         con.execute("CHECKPOINT")
         fast_path.unlink(missing_ok=True)
-    elif ((prepared := lookup(con.cursor(), bp.table)) is None or prepared.by != bp.by   # e.g. by changed
-          or prepared.stratify != bp.stratify
-          or (bp.by and not prepared.slices)):   # an older approxql's one-table copy
-        approxql.prepare(con, bp.table, by=list(bp.by), stratify=bp.stratify)
+    else:
+        with con.cursor() as cur:
+            prepared = lookup(cur, bp.table)
+        if (prepared is None or prepared.by != bp.by   # e.g. by changed
+                or prepared.stratify != bp.stratify
+                or (bp.by and not prepared.slices)):   # an older approxql's one-table copy
+            approxql.prepare(con, bp.table, by=list(bp.by), stratify=bp.stratify)
     if not fast_path.exists():
         tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE table_name NOT LIKE "
                                             "'%__approxql_sample%' AND table_name NOT IN ('approxql_catalog', "
                                             "'__bench_done')").fetchall()]
         con.close()
-        build = duckdb.connect(str(fast_path))
+        build = duckdb.connect(str(fast_path), config=fast_limit)
         build.execute("ATTACH ? AS src (READ_ONLY)", [str(path)])
         for t in tables:
             order = f" ORDER BY {', '.join(bp.order)}" if t == bp.table else ""
             build.execute(f'CREATE TABLE "{t}" AS SELECT * FROM src."{t}"{order}')
         build.execute("DETACH src")
         build.close()
-        con = duckdb.connect(str(path))
-    return con, duckdb.connect(str(fast_path), read_only=True)
+    else:
+        con.close()
+    # served read-only, like a replica: approxql then checks its copies once, not every request
+    return (duckdb.connect(str(path), read_only=True, config=main_limit),
+            duckdb.connect(str(fast_path), read_only=True, config=fast_limit))
+
+
+def _memory_limit(share: float) -> dict:
+    """DuckDB's ``memory_limit`` at ``share`` of physical memory ({} where it cannot be read)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return {}
+    return {"memory_limit": f"{int(total * share) >> 20}MB"}
 
 
 def _model(bp: BenchPipeline, con, scale: float, seed: int, retrain: bool) -> dict:
