@@ -201,3 +201,35 @@ def test_only_the_race_trials_report_a_read_that_timed_the_race(setup):
     timed = [pipe.served_exact_raw(b)[2] for _ in range(TRIALS + 5)]
     assert all(ms > 0 for ms in timed[:TRIALS]) and timed[TRIALS:] == [0.0] * 5
     assert len(pipe._served.race._ratios) == TRIALS < RETRY
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_on_a_read_only_database_the_first_check_settles_the_copies(tmp_path, write_pipeline, monkeypatch, stale):
+    """No one can write a database this process opened read-only: after the first check, exact
+    reads the copy unchecked (current) or goes straight to the source (stale), with the same values."""
+    import approxql.sampling.exact_plan as exact_plan
+    path = str(tmp_path / "frozen.duckdb")
+    con = duckdb.connect(path)
+    con.execute("""CREATE TABLE t AS SELECT (i % 50)::INTEGER AS k, TIMESTAMP '2024-01-01' + to_minutes(i) AS day,
+                   (hash(i) % 1000) / 10.0 AS x FROM range(200000) r(i)""")
+    approxql.prepare(con, "t", by=["k"])
+    if stale:
+        con.execute("INSERT INTO t VALUES (3, TIMESTAMP '2023-12-31', 1e7)")
+    con.close()
+    checks = []
+    real = exact_plan.read_while_checking
+    monkeypatch.setattr(exact_plan, "read_while_checking", lambda *a: checks.append(1) or real(*a))
+    for read_only in (True, False):
+        con = duckdb.connect(path, read_only=read_only)
+        pipe = approxql.load_pipeline(write_pipeline(header=HEADER, body=BODY), con=con, warm=True)
+        checks.clear()
+        for r in REQUESTS[:6]:
+            b = bind_request(list(pipe.params), r)
+            served, note, _ = pipe.served_exact_raw(b)
+            assert ("stale" in note) == stale
+            for name, value in pipe.exact_raw(b).items():
+                assert served[name] == (pytest.approx(value, rel=1e-12) if value is not None else None), (r, name)
+        # opened for writing, every read of the copy checks: at least the race's trials, which read both
+        assert len(checks) == 1 if read_only else len(checks) >= exact_plan.TRIALS, (read_only, checks)
+        assert pipe._served.verdict.settled is ((not stale) if read_only else None)
+        con.close()

@@ -876,7 +876,8 @@ def test_on_a_read_only_database_the_first_check_settles_currency(tmp_path, stal
         con = duckdb.connect(path, read_only=read_only)
         compiled = compile_query(DuckDBEngine(con), con, q, strategy="prepared")
         check = compiled.source.current_sql()
-        assert compiled.source.frozen is read_only and compiled.source.settled is None
+        verdict = compiled.source.verdict
+        assert verdict.frozen is read_only and verdict.settled is None
         checks = []
         for i, (k, matching) in enumerate([(1, None), (0, None), (1, 1.0), (0, 1.0)]):
             log: list[str] = []
@@ -891,7 +892,7 @@ def test_on_a_read_only_database_the_first_check_settles_currency(tmp_path, stal
             else:
                 assert sampler.result().values["a"] == pytest.approx(exact_row(con, q, {"k": k})["a"], rel=0.05)
         if read_only:
-            assert checks == [1, 0, 0, 0] and compiled.source.settled is (not stale)
+            assert checks == [1, 0, 0, 0] and verdict.settled is (not stale)
         else:
-            assert checks == [1, 1, 1, 1] and compiled.source.settled is None
+            assert checks == [1, 1, 1, 1] and verdict.settled is None
         con.close()

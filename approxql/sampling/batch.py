@@ -62,7 +62,7 @@ def _prepared_many(engine, cur, c: CompiledQuery, items, types) -> list[QuerySam
     checking = [s for s, _ in items if s.needs_check()]
     if checking:
         current = _current(cur, c)
-        c.source.remember(current)
+        c.source.verdict.remember(current)
         if not current:
             stale += checking
     items = [(s, p) for s, p in items if s not in stale]

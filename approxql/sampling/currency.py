@@ -44,6 +44,22 @@ def _forget_pool() -> None:
 os.register_at_fork(after_in_child=_forget_pool)
 
 
+class Verdict:
+    """A currency check's answer, kept for good where the sources cannot change: while this
+    process holds their database open read-only, no one can write them (DuckDB allows one writer
+    or many readers), so the first check holds for as long as the pipeline is loaded (bearing at
+    3.2e8 rows: a first read of 2,000 rows by position took 3.2-3.9 ms with the check inside, the
+    reads after it 1.9-2.0). ``settled`` stays None, check every time, where they can change."""
+
+    def __init__(self, frozen: bool):
+        self.frozen = frozen
+        self.settled: bool | None = None
+
+    def remember(self, current: bool) -> None:
+        if self.frozen:
+            self.settled = current
+
+
 def is_current(cur, condition: str) -> bool:
     """``SELECT condition`` on ``cur``: whether the copies are current. A catalog (or source)
     that is gone makes them not current; any other error is raised."""

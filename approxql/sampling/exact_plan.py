@@ -35,8 +35,8 @@ from ..errors import QueryError
 from ..plan import FeatureQuery, QueryKind
 from ..sqlparts import equality_columns, on_table, single_table
 from .base import quote
-from .catalog import KEY, PreparedTable, lookup
-from .currency import read_while_checking
+from .catalog import KEY, PreparedTable, lookup, read_only
+from .currency import Verdict, read_while_checking
 from .prepared import PreparedSource
 
 TRIALS = 4       # requests whose two reads are both timed before the faster serves
@@ -90,6 +90,7 @@ class ExactPlan:
     current: str = ""               # SQL condition: every copy read is current
     copies: tuple[str, ...] = ()    # source tables read through their copies
     race: Race = field(default_factory=Race, compare=False)
+    verdict: Verdict = field(default_factory=lambda: Verdict(False), compare=False)
 
     def run(self, engine: Engine, params: Mapping[str, Any], cur=None) -> tuple[dict[str, Any], str, float]:
         """The features, a note when a stale copy sent the statement to the sources, and the ms
@@ -120,13 +121,18 @@ class ExactPlan:
         return values, "", max(ms.values())
 
     def _read_copies(self, engine: Engine, params: Mapping[str, Any], cur) -> tuple[dict[str, Any], str]:
+        fresh = self.verdict.settled
         try:
-            values, fresh = read_while_checking(engine, self.current,   # beside it, on a second core
-                                                lambda: engine.exact_features(self.on_copies, params, cur))
+            if fresh:
+                values = engine.exact_features(self.on_copies, params, cur)
+            elif fresh is None:
+                values, fresh = read_while_checking(engine, self.current,   # beside it, on a second core
+                                                    lambda: engine.exact_features(self.on_copies, params, cur))
         except QueryError as e:
             if not isinstance(e.__cause__, duckdb.CatalogException):
                 raise
             values, fresh = None, False   # a slice it read is gone: that copy was prepared again
+        self.verdict.remember(fresh)
         if fresh:
             return values, ""
         note = (f"the prepared copy of {', '.join(self.copies)} is stale (the source's row count changed since "
@@ -170,4 +176,5 @@ def exact_plan(engine: Engine, cur, queries: Sequence[FeatureQuery], on_sources:
     if not copies:
         return ExactPlan(None, on_sources)
     current = " AND ".join(f"({PreparedSource(p).current_sql()})" for p in copies.values())
-    return ExactPlan(engine.compile_exact(rewritten), on_sources, current, tuple(copies))
+    frozen = all(read_only(cur, source) for source in copies)
+    return ExactPlan(engine.compile_exact(rewritten), on_sources, current, tuple(copies), verdict=Verdict(frozen))

@@ -361,7 +361,7 @@ class QuerySampler:
                 raise QueryError(f"sampling query {self.c.query.name} failed: {_first_line(e)}") from e
             got, current = None, False   # its slice, the catalog or the source is gone: not current
         if check:
-            self.c.source.remember(current)
+            self.c.source.verdict.remember(current)
         if not current:
             self.fall_back(self.stale_note())
         elif self.strata:
@@ -384,11 +384,12 @@ class QuerySampler:
         gone and fails over; on a view over several slices a read by key goes on with the new
         copy's keys: a request that spans a prepare is not checked again)."""
         source = self.c.source
-        return isinstance(source, PreparedSource) and self.fraction == 0.0 and source.settled is None
+        return isinstance(source, PreparedSource) and self.fraction == 0.0 and source.verdict.settled is None
 
     def known_stale(self) -> bool:
-        """A first read of a copy known stale for good (``PreparedSource.settled``)."""
-        return isinstance(self.c.source, PreparedSource) and self.fraction == 0.0 and self.c.source.settled is False
+        """A first read of a copy known stale for good (``currency.Verdict``)."""
+        source = self.c.source
+        return isinstance(source, PreparedSource) and self.fraction == 0.0 and source.verdict.settled is False
 
     def increment(self, p: float) -> "Increment":
         """What the next read covers: keys [lo, p) (nested) or a fresh sample at p, and which
