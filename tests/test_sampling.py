@@ -896,3 +896,22 @@ def test_on_a_read_only_database_the_first_check_settles_currency(tmp_path, stal
         else:
             assert checks == [1, 1, 1, 1] and verdict.settled is None
         con.close()
+
+
+def test_duckdb_lets_no_one_write_a_database_held_open_read_only(tmp_path):
+    """What the settled check rests on: while a read-only connection is open, neither this process
+    nor another can open the file for writing (if a DuckDB release allowed it, this fails)."""
+    import subprocess
+    import sys
+    path = str(tmp_path / "held.duckdb")
+    con = duckdb.connect(path)
+    con.execute("CREATE TABLE t AS SELECT 1 AS a")
+    con.close()
+    held = duckdb.connect(path, read_only=True)
+    with pytest.raises(duckdb.ConnectionException):
+        duckdb.connect(path)
+    other = subprocess.run([sys.executable, "-c", f"import duckdb; duckdb.connect({path!r}).execute('INSERT INTO t VALUES (2)')"],
+                           capture_output=True, text=True, timeout=60)
+    assert other.returncode != 0 and "lock" in other.stderr.lower(), other.stderr[-300:]
+    assert held.execute("SELECT count(*) FROM t").fetchall() == [(1,)]
+    held.close()
