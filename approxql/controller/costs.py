@@ -211,13 +211,14 @@ class Arms:
             return True, "exact at once is being tried against sampling"
         (s, e), (hs, he) = self.means, self.hopeful
         explore = self.since_loser >= (EXPLORE if max(s, e) < FAR * min(s, e) else FAR_EXPLORE)
-        return (he < hs) != explore, (
+        return self._exact_wins() != explore, (
             f"recent requests took a mean {e:.2f} ms exact at once against {s:.2f} ms sampled "
             f"(at best {he:.2f} against {hs:.2f})" + ("; the other way is tried again" if explore else ""))
 
-    def _exact_wins(self) -> bool:
+    def _exact_wins(self) -> bool | None:
+        """Whether exact at once is the winner: the lower hopeful mean (None: not enough requests)."""
         hopeful = self.hopeful
-        return hopeful[1] < hopeful[0]
+        return None if hopeful is None else hopeful[1] < hopeful[0]
 
     def add(self, exact: bool, ms: float) -> None:
         self.served += 1
@@ -226,8 +227,7 @@ class Arms:
                      # yet learned. Counted, they kept battery's stratified copy exact at once for 93 % of
                      # a run (the sampling way's few early means stayed high while it was rarely retried):
                      # median 8.61 ms against Biathlon's 5.69; without the first ten, 4.37 against 4.69
-        hopeful = self.hopeful
-        was = None if hopeful is None else hopeful[1] < hopeful[0]
+        hopeful, was = self.hopeful, self._exact_wins()
         if was is not None and exact != was:   # the losing way was tried: while it beats what the
             self.since_loser = FAR_EXPLORE if ms < hopeful[0 if exact else 1] else 0   # winner may cost, again
         else:

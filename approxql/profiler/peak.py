@@ -72,6 +72,7 @@ def warm_rows(pipe, requests) -> None:
     once: a run of these requests then finds its rows in memory even where the tables do not fit
     (``warm`` on bearing at 3.2e8 rows, 22 GB with its copy, beside a sorted copy in a second
     database: 33 GB of full scans on a 24 GB machine, which swapped)."""
+    bound = [bind_request(list(pipe.params), request) for request in requests]
     for q in pipe.spec.aggregate_queries:
         reads = [pipe.engine.compile_exact([q])]
         if full_scan(q) is not None:   # one table: its copy too, with the key a sample reads
@@ -80,10 +81,9 @@ def warm_rows(pipe, requests) -> None:
             if prepared is not None:
                 keyed = replace(q, select=q.select.where(f"{quote(KEY)} = {quote(KEY)}", dialect="duckdb", copy=True))
                 reads.append(pipe.engine.compile_exact([on_table(keyed, quote(prepared.copy))]))
-        for request in requests:
-            bound = bind_request(list(pipe.params), request)
+        for params in bound:
             for compiled in reads:
-                pipe.engine.exact_features(compiled, bound)
+                pipe.engine.exact_features(compiled, params)
 
 
 def full_scan(query, also: tuple[str, ...] = ()):
